@@ -1,0 +1,153 @@
+"""Command line: `peftbench run|methods|datasets|params|tables`; `python run_all.py ...` is `peftbench run ...`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from .errors import UserError
+
+SAM_NAMES = ["tiny", "vit_b", "vit_l", "vit_h"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(flag: str, value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise UserError(f"{flag} {value!r}: expected a positive integer")
+    return n
+
+
+def _seeds(value: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in value.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds {value!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if not seeds:
+        raise UserError("--seeds is empty; give comma-separated integers, e.g. 0,1,2")
+    return seeds
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--methods", default="all", help="comma-separated registered methods, or 'all' (default)")
+    p.add_argument("--datasets", default=None,
+                   help="comma-separated registered datasets, folders or CSV manifests (default: the synthetic ones)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--sam", default="tiny", choices=SAM_NAMES, help="SAM architecture (default tiny)")
+    p.add_argument("--checkpoint", default=None, help="official SAM checkpoint file (sam_vit_*.pth)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--epochs", default=None, help="override every dataset's epochs")
+    p.add_argument("--batch-size", default="4", help="batch size (default 4)")
+    p.add_argument("--data-root", default=None, help="folder holding the datasets (default: datasets/)")
+    p.add_argument("--out", default="results", help="output folder (default results)")
+
+
+def _cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from .data import dataset_cards, resolve_dataset
+    from .methods import resolve_methods
+    from .runner import GridOptions, run_grid
+    from .sam import load_sam
+
+    methods = resolve_methods(args.methods)
+    data_root = Path(args.data_root) if args.data_root else None
+    if args.datasets is None:
+        cards = [c for c in dataset_cards().values() if c.source == "synthetic"]
+    else:
+        names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+        if not names:
+            raise UserError("--datasets is empty; give registered names, folders or CSV files")
+        cards = [resolve_dataset(n, data_root) for n in names]
+    opts = GridOptions(
+        sam=args.sam, checkpoint=args.checkpoint, device=args.device, out=Path(args.out), seeds=_seeds(args.seeds),
+        epochs=_positive_int("--epochs", args.epochs) if args.epochs is not None else None,
+        batch_size=_positive_int("--batch-size", args.batch_size),
+    )
+    load_sam(opts.sam, opts.checkpoint)  # fail fast on a missing or mismatched checkpoint
+    start = time.time()
+    console.print(f"peftbench: {len(methods)} methods x {len(cards)} datasets x {len(opts.seeds)} seeds "
+                  f"on SAM {opts.sam} -> {opts.out}")
+    summary = run_grid(methods, cards, opts, console)
+    console.print(f"done in {time.time() - start:.0f} s: {summary['trained']} trained, {summary['skipped']} skipped "
+                  f"(already recorded), {summary['failed']} failed")
+    console.print(f"records: {opts.out / 'runs'}")
+    for path in summary["tables"]:
+        if path.suffix == ".md":
+            console.print(f"table: {path}")
+    return 1 if summary["failed"] else 0
+
+
+def _cmd_methods(args: argparse.Namespace, console: Console) -> int:
+    from .methods import method_specs
+
+    for spec in method_specs().values():
+        print(f"{spec.name:<16} {spec.family:<14} {spec.description}")
+    return 0
+
+
+def _cmd_datasets(args: argparse.Namespace, console: Console) -> int:
+    from .data import dataset_cards
+
+    for card in dataset_cards().values():
+        print(f"{card.name:<16} {card.kind:<11} {', '.join(card.metrics):<22} {card.description}")
+    return 0
+
+
+def _cmd_params(args: argparse.Namespace, console: Console) -> int:
+    from .params import params_table
+
+    print(params_table(args.sam, args.methods, args.num_classes).to_markdown(index=False))
+    return 0
+
+
+def _cmd_tables(args: argparse.Namespace, console: Console) -> int:
+    from .tables import write_tables
+
+    written = write_tables(Path(args.out))
+    if not written:
+        raise UserError(f"--out {args.out}: no run records under {Path(args.out) / 'runs'}; run `peftbench run` first")
+    for path in written:
+        console.print(str(path))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="peftbench", description="Benchmark PEFT methods for SAM")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_run_args(sub.add_parser("run", help="train and test methods x datasets x seeds, then write the tables"))
+    sub.add_parser("methods", help="list registered methods")
+    sub.add_parser("datasets", help="list registered datasets")
+    p = sub.add_parser("params", help="trainable parameters per method (the paper's Params(M)/Ratio(%%) column)")
+    p.add_argument("--sam", default="vit_h", choices=SAM_NAMES)
+    p.add_argument("--methods", default="all")
+    p.add_argument("--num-classes", type=int, default=1)
+    p = sub.add_parser("tables", help="re-render the tables from existing records")
+    p.add_argument("--out", default="results")
+    return parser
+
+
+COMMANDS = {"run": _cmd_run, "methods": _cmd_methods, "datasets": _cmd_datasets, "params": _cmd_params,
+            "tables": _cmd_tables}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=False)
+    try:
+        return COMMANDS[args.command](args, console)
+    except UserError as err:
+        print(f"peftbench: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("peftbench: interrupted; finished runs are kept and will be skipped next time", file=sys.stderr)
+        return 130

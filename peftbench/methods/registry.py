@@ -1,0 +1,98 @@
+"""Method registry: adapter families (Python classes) and registered methods (one TOML file each in methods/).
+
+A family is the code (`lora`); a method is a family plus hyper-parameters (`methods/lora.toml`: rank 3, alpha 32).
+Adding a variant for an ablation is adding a TOML file; adding a family is one module with `@register_family`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from ..errors import UserError
+from ..paths import METHODS_DIR
+
+FAMILIES: dict[str, type] = {}
+
+
+def register_family(cls: type) -> type:
+    if cls.family in FAMILIES:
+        raise ValueError(f"adapter family {cls.family!r} registered twice")
+    FAMILIES[cls.family] = cls
+    return cls
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One registered method, read from methods/<name>.toml."""
+
+    name: str
+    family: str
+    description: str
+    hparams: dict = field(default_factory=dict)  # passed to the family's constructor
+    train: dict = field(default_factory=dict)  # overrides of the dataset's training settings (e.g. lr)
+
+    def build(self):
+        return FAMILIES[self.family](**self.hparams)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "family": self.family, "hparams": self.hparams, "train": self.train}
+
+
+def _read_spec(path: Path) -> MethodSpec:
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"{path}: invalid TOML ({err})") from None
+    family = data.get("family")
+    if family not in FAMILIES:
+        raise UserError(f"{path}: family {family!r} is not one of {', '.join(sorted(FAMILIES))}")
+    return MethodSpec(path.stem, family, data.get("description", ""), data.get("hparams", {}), data.get("train", {}))
+
+
+def method_specs(directory: Path = METHODS_DIR) -> dict[str, MethodSpec]:
+    """All registered methods, by name, sorted."""
+    return {p.stem: _read_spec(p) for p in sorted(directory.glob("*.toml"))}
+
+
+def get_method(name: str) -> MethodSpec:
+    specs = method_specs()
+    if name not in specs:
+        raise UserError(f"--methods: unknown method {name!r}; registered: {', '.join(specs)} (see `peftbench methods`)")
+    return specs[name]
+
+
+def resolve_methods(arg: str) -> list[MethodSpec]:
+    """Parse a --methods value: comma-separated names, or 'all'."""
+    if arg.strip() == "all":
+        return list(method_specs().values())
+    names = [n.strip() for n in arg.split(",") if n.strip()]
+    if not names:
+        raise UserError("--methods is empty; give comma-separated names or 'all'")
+    return [get_method(n) for n in names]
+
+
+def adapt(module: nn.Module, method: str, targets: list[str] | None = None, **hparams):
+    """Apply a registered method (or bare family) to any module by target module names, in place.
+
+    Example: `peftbench.adapt(block, "lora", targets=["qkv"], rank=3, alpha=32)`.
+    Keyword arguments override the method's TOML hyper-parameters. Returns the attached method object
+    (for `parameter_groups`, `extra_loss` and `merge`).
+    """
+    specs = method_specs()
+    if method in specs:
+        base = dict(specs[method].hparams)
+        family = specs[method].family
+    elif method in FAMILIES:
+        base, family = {}, method
+    else:
+        raise UserError(f"unknown method {method!r}; registered: {', '.join(specs)}")
+    base.pop("scope", None)  # a bare module has no SAM scope
+    if targets is not None:
+        base["targets"] = targets
+    adapter = FAMILIES[family](**{**base, **hparams})
+    adapter.attach(module)
+    return adapter

@@ -1,0 +1,86 @@
+"""Comparison tables from run records: mean ± std over seeds, as markdown, LaTeX (booktabs) and CSV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .records import load_records
+
+TIMING_COLUMNS = {
+    "train_iter_per_s": "Train iter/s",
+    "train_min_per_epoch": "Train min/epoch",
+    "infer_img_per_s": "Inference img/s",
+    "peak_memory_mib": "Peak memory (MiB)",
+}
+
+
+def metrics_frame(records: list[dict]) -> pd.DataFrame:
+    """Long format: one row per (method, dataset, test set, metric, seed)."""
+    rows = [
+        {"method": r["method"], "dataset": r["dataset"] if test == "test" else f"{r['dataset']}/{test}",
+         "metric": metric, "seed": r["seed"], "value": value}
+        for r in records for test, values in r["metrics"].items() for metric, value in values.items()
+        if not metric.startswith("iou_class")
+    ]
+    return pd.DataFrame(rows, columns=["method", "dataset", "metric", "seed", "value"])
+
+
+def _mean_std(df: pd.DataFrame, keys: list[str], decimals: int) -> tuple[pd.DataFrame, pd.Series]:
+    """Aggregated (mean, std with ddof=1, n) and the 'mean ± std' strings."""
+    stats = df.groupby(keys, sort=False)["value"].agg(["mean", "std", "count"]).reset_index()
+    text = stats.apply(lambda s: f"{s['mean']:.{decimals}f} ± {0.0 if pd.isna(s['std']) else s['std']:.{decimals}f}", axis=1)
+    return stats, text
+
+
+def _params_column(records: list[dict]) -> pd.Series:
+    first = {r["method"]: r["params"] for r in records}
+    return pd.Series({m: f"{p['trainable'] / 1e6:.3f}/{p['ratio_percent']:.2f}%" for m, p in first.items()},
+                     name="Params(M)/Ratio(%)")
+
+
+def metrics_table(records: list[dict], decimals: int = 2) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(paper-style table: methods x (dataset, metric) cells 'mean ± std', long stats for CSV)."""
+    df = metrics_frame(records)
+    stats, text = _mean_std(df, ["method", "dataset", "metric"], decimals)
+    table = stats.assign(cell=text).pivot(index="method", columns=["dataset", "metric"], values="cell")
+    table = table.reindex(index=list(dict.fromkeys(stats["method"])))
+    table.insert(0, ("", "Params(M)/Ratio(%)"), _params_column(records))
+    return table, stats
+
+
+def timing_table(records: list[dict], decimals: int = 2) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Like the paper's Table 5: per dataset and method, training and inference throughput and peak memory."""
+    rows = [{"dataset": r["dataset"], "method": r["method"], "device": r["device"]["name"], "metric": k, "value": v}
+            for r in records for k, v in r["timing"].items() if k in TIMING_COLUMNS]
+    df = pd.DataFrame(rows, columns=["dataset", "method", "device", "metric", "value"])
+    stats, text = _mean_std(df, ["dataset", "method", "device", "metric"], decimals)
+    table = stats.assign(cell=text).pivot(index=["dataset", "method", "device"], columns="metric", values="cell")
+    table = table[[c for c in TIMING_COLUMNS if c in table.columns]].rename(columns=TIMING_COLUMNS)
+    return table, stats
+
+
+def _write(table: pd.DataFrame, stats: pd.DataFrame, stem: Path, caption: str) -> list[Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    md, tex, csv = stem.with_suffix(".md"), stem.with_suffix(".tex"), stem.with_suffix(".csv")
+    flat = table.reset_index()
+    flat.columns = [" ".join(str(part) for part in col if part).strip() if isinstance(col, tuple) else col
+                    for col in flat.columns]
+    md.write_text(f"{caption}\n\n{flat.to_markdown(index=False)}\n")
+    tex.write_text(table.to_latex(caption=caption.replace("±", r"$\pm$"), escape=True).replace("±", r"$\pm$"))
+    stats.to_csv(csv, index=False)
+    return [md, tex, csv]
+
+
+def write_tables(out: Path) -> list[Path]:
+    """Render every table from the records under `out`/runs into `out`/tables. Returns the files written."""
+    records = load_records(out)
+    if not records:
+        return []
+    seeds = sorted({r["seed"] for r in records})
+    tables = Path(out) / "tables"
+    metric_caption = f"Test metrics (%), mean ± std over seeds {seeds} (std with ddof=1); ber: lower is better."
+    timing_caption = "Throughput and peak memory, mean ± std over seeds (absolute values only comparable on one device)."
+    return (_write(*metrics_table(records), tables / "metrics", metric_caption)
+            + _write(*timing_table(records), tables / "timing", timing_caption))

@@ -1,0 +1,196 @@
+"""Train and test one (method, dataset, seed) run, as the Conv-LoRA harness does.
+
+AdamW (betas 0.9/0.999, eps 1e-6, weight decay 1e-4 except on biases, norms and other 1-D parameters), batch 4,
+linear decay of the learning rate to 0 over all steps, gradient-norm clipping at 1.0, random horizontal flip,
+fp32 on the CPU and fp16 autocast with loss scaling on CUDA. After every epoch the validation split is scored;
+the weights with the best validation score are the ones tested (the test split never selects anything).
+"""
+
+from __future__ import annotations
+
+import random
+import resource
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .data import DatasetCard, build_splits
+from .losses import bce_dice, multiclass_loss
+from .methods import MethodSpec
+from .metrics import BinaryMeter, MulticlassMeter, spec
+from .sam import load_sam, official_param_count
+from .segmenter import SamSegmenter
+
+StepCallback = Callable[[int, int, int, float], None]  # (epoch, step, steps_per_epoch, loss)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from .errors import UserError
+
+        raise UserError("--device cuda: no CUDA device is available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def build_model(config: dict, card: DatasetCard, method_spec: MethodSpec):
+    """SAM -> segmenter -> method attached. Returns (model, method)."""
+    sam = load_sam(config["sam"], config["checkpoint"])
+    model = SamSegmenter(sam, card.num_classes)
+    method = method_spec.build()
+    method.attach(model)
+    return model, method
+
+
+def count_params(model: torch.nn.Module, sam_name: str) -> dict:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    official = official_param_count(sam_name)
+    return {"trainable": trainable, "total": total, "sam_total": official, "ratio_percent": 100.0 * trainable / official}
+
+
+def _optimizers(groups: dict[str, list[torch.nn.Parameter]], config: dict) -> dict[str, torch.optim.Optimizer]:
+    optimizers = {}
+    for name, params in groups.items():
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]
+        lr = config["group_lr"].get(name, config["lr"])
+        optimizers[name] = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=lr, betas=(0.9, 0.999), eps=1e-6,
+        )
+    return optimizers
+
+
+def task_loss(out: dict, label: torch.Tensor, card: DatasetCard, config: dict) -> torch.Tensor:
+    if card.kind == "binary":
+        return bce_dice(out["mask_logits"][:, 0].float(), label)
+    return multiclass_loss({k: v.float() for k, v in out.items()}, label, config["w_seg"], config["w_cls"])
+
+
+@torch.no_grad()
+def evaluate(model: SamSegmenter, loader: DataLoader, card: DatasetCard, device: torch.device) -> tuple[dict, dict, float]:
+    """Returns (metrics by card name, per-image rows, images per second)."""
+    model.eval()
+    meter = BinaryMeter() if card.kind == "binary" else MulticlassMeter(card.num_classes)
+    images, elapsed = 0, 0.0
+    for x, y in loader:
+        x = x.to(device, non_blocking=True)
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+            probs = model.probabilities(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed += time.perf_counter() - start
+        images += len(x)
+        meter.update(probs.float().cpu(), y)
+    results = meter.results()
+    metrics = {m: results[spec(m, card.kind).name] for m in card.metrics}
+    if card.kind == "multiclass":
+        metrics.update({k: v for k, v in results.items() if k.startswith("iou_class")})
+    return metrics, meter.rows, images / max(elapsed, 1e-9)
+
+
+def _peak_memory_mib(device: torch.device) -> dict:
+    if device.type == "cuda":
+        return {"peak_memory_mib": torch.cuda.max_memory_allocated(device) / 2**20, "memory_kind": "cuda_max_allocated"}
+    return {"peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "memory_kind": "process_peak_rss"}
+
+
+def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step: StepCallback | None = None) -> dict:
+    """Train, select on validation, test. Returns the record fields metrics, per_image, params, timing, history."""
+    device = resolve_device(config["device"])
+    seed_everything(config["seed"])
+    model, method = build_model(config, card, method_spec)
+    model.to(device)
+    params = count_params(model, config["sam"])
+    splits = build_splits(card, model.img_size)
+
+    loader_gen = torch.Generator().manual_seed(config["seed"])
+    workers = config["num_workers"]
+    train_loader = DataLoader(splits["train"], batch_size=config["batch_size"], shuffle=True, generator=loader_gen,
+                              num_workers=workers, pin_memory=device.type == "cuda")
+    eval_loader = lambda split: DataLoader(splits[split], batch_size=config["batch_size"], num_workers=workers)  # noqa: E731
+
+    groups = method.parameter_groups(model)
+    optimizers = _optimizers(groups, config)
+    total_steps = max(1, len(train_loader) * config["epochs"])
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: max(0.0, 1 - s / total_steps)) for o in optimizers.values()]
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    select = spec(card.select_metric, card.kind)
+    best_score, best_state, best_epoch, stale = None, None, -1, 0
+    history, train_time, train_steps = [], 0.0, 0
+    for epoch in range(config["epochs"]):
+        model.train()
+        epoch_start = time.perf_counter()
+        losses = []
+        for step, (x, y) in enumerate(train_loader):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+                out = model(x)
+                loss = task_loss(out, y, card, config)
+                extra = method.extra_loss(model)
+                if extra is not None:
+                    loss = loss + extra
+            scaler.scale(loss).backward()
+            active = method.groups_to_step(epoch, step) or list(optimizers)
+            for name in active:
+                scaler.unscale_(optimizers[name])
+            torch.nn.utils.clip_grad_norm_([p for n in active for p in groups[n]], config["grad_clip"])
+            for name in active:
+                scaler.step(optimizers[name])
+            scaler.update()
+            for opt in optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            for sched in schedulers:
+                sched.step()
+            losses.append(loss.item())
+            if on_step:
+                on_step(epoch, step, len(train_loader), losses[-1])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        train_time += time.perf_counter() - epoch_start
+        train_steps += len(train_loader)
+
+        val_metrics, _, _ = evaluate(model, eval_loader("val"), card, device)
+        score = val_metrics[card.select_metric]
+        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val": val_metrics})
+        better = best_score is None or (score > best_score if select.higher_is_better else score < best_score)
+        if better:
+            best_score, best_epoch, stale = score, epoch, 0
+            best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        else:
+            stale += 1
+            if stale >= config["patience"]:
+                break
+    model.load_state_dict(best_state, strict=False)
+
+    metrics, per_image, infer_ips = {}, {}, []
+    for split in sorted(s for s in splits if s.startswith("test")):
+        name = split.partition(":")[2] or "test"
+        metrics[name], per_image[name], ips = evaluate(model, eval_loader(split), card, device)
+        infer_ips.append(ips)
+    timing = {
+        "train_iter_per_s": train_steps / max(train_time, 1e-9),
+        "train_min_per_epoch": train_time / 60 / len(history),
+        "infer_img_per_s": float(np.mean(infer_ips)),
+        **_peak_memory_mib(device),
+    }
+    return {
+        "metrics": metrics, "per_image": per_image, "params": params, "timing": timing,
+        "selection": {"metric": card.select_metric, "split": "val", "best_epoch": best_epoch, "best_score": best_score},
+        "history": history, "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    }
