@@ -1,0 +1,87 @@
+"""The command line: records, resume, determinism, tables and one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from peftbench.cli import main
+from peftbench.data import dataset_cards
+from peftbench.methods import method_specs
+from peftbench.records import config_hash, record_path
+
+QUICK = ["--datasets", "synth_road", "--seeds", "0", "--epochs", "1", "--methods", "lora"]
+
+
+def run(args, tmp_path):
+    return main(["run", *args, "--out", str(tmp_path)])
+
+
+def test_run_writes_a_complete_record_and_tables(tmp_path):
+    assert run(QUICK, tmp_path) == 0
+    record = json.loads(record_path(tmp_path, "synth_road", "lora", 0).read_text())
+    assert set(record["metrics"]["test"]) >= {"iou", "dice", "acc", "ber"}
+    assert record["params"]["trainable"] > 0 and 0 < record["params"]["ratio_percent"] < 100
+    assert {"train_iter_per_s", "train_min_per_epoch", "infer_img_per_s", "peak_memory_mib"} <= set(record["timing"])
+    assert record["config"]["lr"] == 3e-3 and record["config"]["epochs"] == 1
+    assert record["config_hash"] == config_hash(record["config"])
+    assert record["environment"]["packages"]["torch"] and "commit" in record["environment"]["git"]
+    assert record["selection"]["split"] == "val" and record["device"]["type"] == "cpu"
+    for ext in ("md", "tex", "csv"):
+        assert (tmp_path / "tables" / f"metrics.{ext}").is_file() and (tmp_path / "tables" / f"timing.{ext}").is_file()
+    assert r"\toprule" in (tmp_path / "tables" / "metrics.tex").read_text()
+    assert "lora" in (tmp_path / "tables" / "metrics.md").read_text()
+
+
+def test_rerun_skips_finished_runs_and_reruns_changed_configs(tmp_path, capsys):
+    assert run(QUICK, tmp_path) == 0
+    path = record_path(tmp_path, "synth_road", "lora", 0)
+    stamp = path.stat().st_mtime_ns
+    assert run(QUICK, tmp_path) == 0
+    assert "0 trained, 1 skipped" in capsys.readouterr().out and path.stat().st_mtime_ns == stamp
+    assert run([*QUICK[:-3], "2", "--methods", "lora"], tmp_path) == 0  # --epochs 2: a different config
+    assert json.loads(path.read_text())["config"]["epochs"] == 2
+
+
+def test_same_seed_on_the_cpu_gives_the_same_metrics(tmp_path):
+    assert run(QUICK, tmp_path / "a") == 0 and run(QUICK, tmp_path / "b") == 0
+    a, b = (json.loads(record_path(tmp_path / d, "synth_road", "lora", 0).read_text()) for d in "ab")
+    assert a["metrics"] == b["metrics"] and a["history"] == b["history"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "nope"], "unknown method 'nope'"),
+    (["--datasets", "nope"], "neither a registered dataset"),
+    (["--sam", "vit_b", "--checkpoint", "missing.pth"], "file not found"),
+    (["--sam", "vit_b"], "needs --checkpoint"),
+    (["--seeds", "a,b"], "--seeds"),
+    (["--epochs", "0"], "--epochs"),
+    (["--sam", "vit_x"], "invalid choice"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(args, message, tmp_path):
+    proc = subprocess.run([sys.executable, "run_all.py", *args, "--out", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_empty_dataset_folder_is_exit_code_2(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["run", "--datasets", str(tmp_path / "empty"), "--out", str(tmp_path)]) == 2
+    assert "no manifest.csv" in capsys.readouterr().err
+
+
+def test_listing_commands(capsys):
+    assert main(["methods"]) == 0 and main(["datasets"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("lora ") for line in out) and any(line.startswith("synth_leaf ") for line in out)
+
+
+@pytest.mark.slow
+def test_the_default_demo_runs_end_to_end(tmp_path):
+    """The README's first command: every method x every synthetic dataset x 3 seeds."""
+    assert main(["run", "--out", str(tmp_path)]) == 0
+    records = list((tmp_path / "runs").glob("*/*/seed*.json"))
+    synthetic = [c for c in dataset_cards().values() if c.source == "synthetic"]
+    assert len(records) == len(method_specs()) * len(synthetic) * 3
+    assert (tmp_path / "tables" / "metrics.md").is_file()
