@@ -48,7 +48,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="official SAM checkpoint file (sam_vit_*.pth)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--epochs", default=None, help="override every dataset's epochs")
-    p.add_argument("--batch-size", default="4", help="batch size (default 4)")
+    p.add_argument("--batch-size", default="4", help="images per optimizer step (default 4)")
+    p.add_argument("--micro-batch-size", default=None,
+                   help="images per forward pass; gradients accumulate to --batch-size (default: 1 on CUDA, as the "
+                        "paper's harness, else the whole batch)")
     p.add_argument("--data-root", default=None, help="folder holding the datasets (default: datasets/)")
     p.add_argument("--out", default="results", help="output folder (default results)")
 
@@ -72,7 +75,10 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         sam=args.sam, checkpoint=args.checkpoint, device=args.device, out=Path(args.out), seeds=_seeds(args.seeds),
         epochs=_positive_int("--epochs", args.epochs) if args.epochs is not None else None,
         batch_size=_positive_int("--batch-size", args.batch_size),
+        micro_batch_size=_positive_int("--micro-batch-size", args.micro_batch_size) if args.micro_batch_size else None,
     )
+    if opts.micro_batch_size and opts.batch_size % opts.micro_batch_size:
+        raise UserError(f"--micro-batch-size {opts.micro_batch_size} must divide --batch-size {opts.batch_size}")
     load_sam(opts.sam, opts.checkpoint)  # fail fast on a missing or mismatched checkpoint
     start = time.time()
     console.print(f"peftbench: {len(methods)} methods x {len(cards)} datasets x {len(opts.seeds)} seeds "

@@ -38,6 +38,7 @@ class GridOptions:
     device: str = "auto"
     epochs: int | None = None
     batch_size: int = DEFAULTS["batch_size"]
+    micro_batch_size: int | None = None  # default: 1 on CUDA (as the Conv-LoRA harness), the whole batch on the CPU
     out: Path = Path("results")
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
 
@@ -60,7 +61,8 @@ def resolve_config(method: MethodSpec, card: DatasetCard, seed: int, opts: GridO
         "lr": train.get("lr", card.lr),
         "group_lr": train.get("group_lr", {}),
         "batch_size": opts.batch_size,
-        "num_workers": 4 if device.type == "cuda" and card.source != "synthetic" else 0,
+        "micro_batch_size": opts.micro_batch_size or (1 if device.type == "cuda" else opts.batch_size),
+        "num_workers": 4 if device.type == "cuda" else 0,
     }
 
 

@@ -10,6 +10,7 @@ from .records import load_records
 
 TIMING_COLUMNS = {
     "train_iter_per_s": "Train iter/s",
+    "train_images_per_s": "Train img/s",
     "train_min_per_epoch": "Train min/epoch",
     "infer_img_per_s": "Inference img/s",
     "peak_memory_mib": "Peak memory (MiB)",
@@ -35,9 +36,16 @@ def _mean_std(df: pd.DataFrame, keys: list[str], decimals: int) -> tuple[pd.Data
 
 
 def _params_column(records: list[dict]) -> pd.Series:
-    first = {r["method"]: r["params"] for r in records}
-    return pd.Series({m: f"{p['trainable'] / 1e6:.3f}/{p['ratio_percent']:.2f}%" for m, p in first.items()},
-                     name="Params(M)/Ratio(%)")
+    """Trainable M / ratio per method; a range where datasets differ (a multi-class head adds parameters)."""
+    def cell(values: list[dict]) -> str:
+        lo, hi = min(values, key=lambda p: p["trainable"]), max(values, key=lambda p: p["trainable"])
+        text = lambda p: f"{p['trainable'] / 1e6:.3f}/{p['ratio_percent']:.2f}%"  # noqa: E731
+        return text(lo) if lo["trainable"] == hi["trainable"] else f"{text(lo)} – {text(hi)}"
+
+    by_method: dict[str, list[dict]] = {}
+    for r in records:
+        by_method.setdefault(r["method"], []).append(r["params"])
+    return pd.Series({m: cell(v) for m, v in by_method.items()}, name="Params(M)/Ratio(%)")
 
 
 def metrics_table(records: list[dict], decimals: int = 2) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -116,28 +116,47 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
     params = count_params(model, config["sam"])
     splits = build_splits(card, model.img_size)
 
+    # Gradient accumulation: micro-batches of `micro_batch_size` images, one optimizer step per `batch_size` images
+    # (the Conv-LoRA harness trains with per-GPU batch 1 x 4 accumulation; its Table 5 "iter" is one micro-batch).
+    micro, accumulate = config["micro_batch_size"], config["batch_size"] // config["micro_batch_size"]
     loader_gen = torch.Generator().manual_seed(config["seed"])
     workers = config["num_workers"]
-    train_loader = DataLoader(splits["train"], batch_size=config["batch_size"], shuffle=True, generator=loader_gen,
+    train_loader = DataLoader(splits["train"], batch_size=micro, shuffle=True, generator=loader_gen,
                               num_workers=workers, pin_memory=device.type == "cuda")
     eval_loader = lambda split: DataLoader(splits[split], batch_size=config["batch_size"], num_workers=workers)  # noqa: E731
 
     groups = method.parameter_groups(model)
     optimizers = _optimizers(groups, config)
-    total_steps = max(1, len(train_loader) * config["epochs"])
+    steps_per_epoch = -(-len(train_loader) // accumulate)
+    total_steps = max(1, steps_per_epoch * config["epochs"])
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: max(0.0, 1 - s / total_steps)) for o in optimizers.values()]
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
+    def optimizer_step(epoch: int, step: int) -> None:
+        active = method.groups_to_step(epoch, step) or list(optimizers)
+        for name in active:
+            scaler.unscale_(optimizers[name])
+        torch.nn.utils.clip_grad_norm_([p for n in active for p in groups[n]], config["grad_clip"])
+        for name in active:
+            scaler.step(optimizers[name])
+        scale = scaler.get_scale()
+        scaler.update()
+        for opt in optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        if scaler.get_scale() >= scale:  # fp16 overflow skipped this step: do not advance the schedule either
+            for sched in schedulers:
+                sched.step()
+
     select = spec(card.select_metric, card.kind)
     best_score, best_state, best_epoch, stale = None, None, -1, 0
-    history, train_time, train_steps = [], 0.0, 0
+    history, train_time, micro_steps = [], 0.0, 0
     for epoch in range(config["epochs"]):
         model.train()
         epoch_start = time.perf_counter()
         losses = []
-        for step, (x, y) in enumerate(train_loader):
+        for i, (x, y) in enumerate(train_loader):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
                 out = model(x)
@@ -145,25 +164,17 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
                 extra = method.extra_loss(model)
                 if extra is not None:
                     loss = loss + extra
-            scaler.scale(loss).backward()
-            active = method.groups_to_step(epoch, step) or list(optimizers)
-            for name in active:
-                scaler.unscale_(optimizers[name])
-            torch.nn.utils.clip_grad_norm_([p for n in active for p in groups[n]], config["grad_clip"])
-            for name in active:
-                scaler.step(optimizers[name])
-            scaler.update()
-            for opt in optimizers.values():
-                opt.zero_grad(set_to_none=True)
-            for sched in schedulers:
-                sched.step()
+            scaler.scale(loss / accumulate).backward()
             losses.append(loss.item())
-            if on_step:
-                on_step(epoch, step, len(train_loader), losses[-1])
+            step = i // accumulate
+            if (i + 1) % accumulate == 0 or i + 1 == len(train_loader):
+                optimizer_step(epoch, step)
+                if on_step:
+                    on_step(epoch, step, steps_per_epoch, losses[-1])
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_time += time.perf_counter() - epoch_start
-        train_steps += len(train_loader)
+        micro_steps += len(train_loader)
 
         val_metrics, _, _ = evaluate(model, eval_loader("val"), card, device)
         score = val_metrics[card.select_metric]
@@ -184,7 +195,8 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
         metrics[name], per_image[name], ips = evaluate(model, eval_loader(split), card, device)
         infer_ips.append(ips)
     timing = {
-        "train_iter_per_s": train_steps / max(train_time, 1e-9),
+        "train_iter_per_s": micro_steps / max(train_time, 1e-9),  # micro-batches per second
+        "train_images_per_s": micro_steps * micro / max(train_time, 1e-9),
         "train_min_per_epoch": train_time / 60 / len(history),
         "infer_img_per_s": float(np.mean(infer_ips)),
         **_peak_memory_mib(device),

@@ -11,7 +11,7 @@ from peftbench.data import dataset_cards
 from peftbench.methods import method_specs
 from peftbench.records import config_hash, record_path
 
-QUICK = ["--datasets", "synth_road", "--seeds", "0", "--epochs", "1", "--methods", "lora"]
+QUICK = ["--device", "cpu", "--datasets", "synth_road", "--seeds", "0", "--epochs", "1", "--methods", "lora"]
 
 
 def run(args, tmp_path):
@@ -57,6 +57,7 @@ def test_same_seed_on_the_cpu_gives_the_same_metrics(tmp_path):
     (["--sam", "vit_b"], "needs --checkpoint"),
     (["--seeds", "a,b"], "--seeds"),
     (["--epochs", "0"], "--epochs"),
+    (["--batch-size", "4", "--micro-batch-size", "3"], "must divide"),
     (["--sam", "vit_x"], "invalid choice"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(args, message, tmp_path):
@@ -80,8 +81,17 @@ def test_listing_commands(capsys):
 @pytest.mark.slow
 def test_the_default_demo_runs_end_to_end(tmp_path):
     """The README's first command: every method x every synthetic dataset x 3 seeds."""
-    assert main(["run", "--out", str(tmp_path)]) == 0
+    assert main(["run", "--device", "cpu", "--out", str(tmp_path)]) == 0
     records = list((tmp_path / "runs").glob("*/*/seed*.json"))
     synthetic = [c for c in dataset_cards().values() if c.source == "synthetic"]
     assert len(records) == len(method_specs()) * len(synthetic) * 3
     assert (tmp_path / "tables" / "metrics.md").is_file()
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path):
+    """Micro-batches of 2 accumulated to 4 give the numbers of batch 4 (no batch statistics anywhere in SAM)."""
+    assert run(QUICK, tmp_path / "full") == 0
+    assert run([*QUICK, "--micro-batch-size", "2"], tmp_path / "micro") == 0
+    full, micro = (json.loads(record_path(tmp_path / d, "synth_road", "lora", 0).read_text()) for d in ("full", "micro"))
+    assert micro["config"]["micro_batch_size"] == 2
+    assert micro["history"][0]["val"]["iou"] == pytest.approx(full["history"][0]["val"]["iou"], abs=0.05)
