@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .data import DatasetCard
 from .methods import MethodSpec
 from .records import config_hash, environment, is_complete, record_path, write_json_atomic
+from .sam import spec_dict
 from .tables import write_tables
 from .train import resolve_device, train_run
 
@@ -53,6 +54,7 @@ def resolve_config(method: MethodSpec, card: DatasetCard, seed: int, opts: GridO
         "dataset": card.as_dict(),
         "seed": seed,
         "sam": opts.sam,
+        "sam_spec": spec_dict(opts.sam),
         "checkpoint": opts.checkpoint,
         "checkpoint_sha256": file_sha256(opts.checkpoint) if opts.checkpoint else None,
         "device": device.type,

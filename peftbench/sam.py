@@ -52,6 +52,8 @@ OFFICIAL_CHECKPOINTS = {
     "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
 }
 
+PIXEL_MEAN, PIXEL_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)  # Sam's non-persistent buffers
+
 # The tiny SAM has no official weights; its random initialisation is fixed so every method and seed adapts the
 # same frozen backbone (the run seed only affects adapters, decoder changes and data order).
 TINY_INIT_SEED = 1234
@@ -134,7 +136,8 @@ def load_sam(name: str, checkpoint: str | Path | None = None) -> Sam:
             return build_sam(name)
     state_dict = read_checkpoint(str(checkpoint))
     path = Path(checkpoint)
-    model = build_sam(name)
+    with torch.device("meta"):  # skip the random initialisation (tens of seconds for vit_h) the weights replace
+        model = build_sam(name)
     expected = model.state_dict()
     mismatched = [k for k, v in state_dict.items() if k in expected and expected[k].shape != v.shape]
     missing = sorted(set(expected) - set(state_dict))
@@ -146,7 +149,10 @@ def load_sam(name: str, checkpoint: str | Path | None = None) -> Sam:
             f"--checkpoint {path} does not fit --sam {name} ({len(mismatched)} shape mismatches, "
             f"{len(missing)} missing, {len(unexpected)} unexpected keys); {hint}"
         )
-    model.load_state_dict(state_dict)
+    model.to_empty(device="cpu")
+    model.load_state_dict(state_dict)  # copies, so the cached state dict stays pristine for the next run
+    model.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(-1, 1, 1), False)
+    model.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(-1, 1, 1), False)
     return model
 
 

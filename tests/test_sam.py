@@ -52,6 +52,8 @@ def test_official_checkpoint_file_loads_strictly(tmp_path):
     path = tmp_path / "sam_vit_b_01ec64.pth"
     torch.save(reference.state_dict(), path)
     loaded = load_sam("vit_b", path)
+    assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
+    assert torch.equal(loaded.pixel_std, reference.pixel_std)
     for key, value in reference.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
 
