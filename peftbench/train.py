@@ -1,7 +1,7 @@
 """Train and test one (method, dataset, seed) run, as the Conv-LoRA harness does.
 
-AdamW (betas 0.9/0.999, eps 1e-6, weight decay 1e-4 except on biases, norms and other 1-D parameters), batch 4,
-linear decay of the learning rate to 0 over all steps, gradient-norm clipping at 1.0, random horizontal flip,
+AdamW (betas 0.9/0.999, eps 1e-6, weight decay 1e-4 except on biases, norms and other 1-D parameters), batch 4
+(accumulated from micro-batches, 1 image each on CUDA as in that harness), linear decay of the learning rate to 0 over all steps, gradient-norm clipping at 1.0, random horizontal flip,
 fp32 on the CPU and fp16 autocast with loss scaling on CUDA. After every epoch the validation split is scored;
 the weights with the best validation score are the ones tested (the test split never selects anything).
 """
@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data import DatasetCard, build_splits
+from .errors import UserError
 from .losses import bce_dice, multiclass_loss
 from .methods import MethodSpec
 from .metrics import BinaryMeter, MulticlassMeter, spec
@@ -37,8 +38,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from .errors import UserError
-
         raise UserError("--device cuda: no CUDA device is available; use --device cpu or auto")
     return torch.device(name)
 

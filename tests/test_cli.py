@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from peftbench.cli import main
 from peftbench.data import dataset_cards
@@ -64,6 +65,12 @@ def test_bad_input_is_one_line_and_exit_code_2(args, message, tmp_path):
     proc = subprocess.run([sys.executable, "run_all.py", *args, "--out", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_asking_for_cuda_without_one_is_exit_code_2(tmp_path, capsys):
+    assert main(["run", *QUICK[2:], "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
 
 
 def test_empty_dataset_folder_is_exit_code_2(tmp_path, capsys):
