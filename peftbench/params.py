@@ -6,23 +6,28 @@ import pandas as pd
 import torch
 
 from .methods import resolve_methods
-from .sam import build_sam, official_param_count
+from .sam import build_sam
 from .segmenter import SamSegmenter
+from .train import count_params
 
 
-def count_method(sam_name: str, method_name: str, num_classes: int = 1) -> int:
+def method_params(sam_name: str, method_name: str, num_classes: int = 1) -> dict:
+    """count_params of the method attached to SAM `sam_name`, built on the meta device (no memory, no init)."""
     (spec,) = resolve_methods(method_name)
     with torch.device("meta"):
         model = SamSegmenter(build_sam(sam_name), num_classes)
         spec.build().attach(model)
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return count_params(model, sam_name)
+
+
+def count_method(sam_name: str, method_name: str, num_classes: int = 1) -> int:
+    return method_params(sam_name, method_name, num_classes)["trainable"]
 
 
 def params_table(sam_name: str, methods: str = "all", num_classes: int = 1) -> pd.DataFrame:
-    total = official_param_count(sam_name)
     rows = []
     for spec in resolve_methods(methods):
-        trainable = count_method(sam_name, spec.name, num_classes)
-        rows.append({"method": spec.name, "trainable": trainable, "Params(M)": round(trainable / 1e6, 3),
-                     "Ratio(%)": round(100 * trainable / total, 2)})
-    return pd.DataFrame(rows).assign(sam=sam_name, sam_total_M=round(total / 1e6, 2))
+        p = method_params(sam_name, spec.name, num_classes)
+        rows.append({"method": spec.name, "trainable": p["trainable"], "Params(M)": round(p["trainable"] / 1e6, 3),
+                     "Ratio(%)": round(p["ratio_percent"], 2), "sam": sam_name, "sam_total_M": round(p["sam_total"] / 1e6, 2)})
+    return pd.DataFrame(rows)

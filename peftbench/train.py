@@ -1,8 +1,8 @@
 """Train and test one (method, dataset, seed) run, as the Conv-LoRA harness does.
 
 AdamW (betas 0.9/0.999, eps 1e-6, weight decay 1e-4 except on biases, norms and other 1-D parameters), batch 4
-(accumulated from micro-batches, 1 image each on CUDA as in that harness), linear decay of the learning rate to 0 over all steps, gradient-norm clipping at 1.0, random horizontal flip,
-fp32 on the CPU and fp16 autocast with loss scaling on CUDA. After every epoch the validation split is scored;
+(accumulated from micro-batches, 1 image each on CUDA as in that harness), linear decay of the learning rate to 0
+over all steps, gradient-norm clipping at 1.0, random horizontal flip, fp32 on the CPU and fp16 autocast with loss scaling on CUDA. After every epoch the validation split is scored;
 the weights with the best validation score are the ones tested (the test split never selects anything).
 """
 
@@ -150,7 +150,7 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
 
     select = spec(card.select_metric, card.kind)
     best_score, best_state, best_epoch, stale = None, None, -1, 0
-    history, train_time, micro_steps = [], 0.0, 0
+    history, train_time, micro_steps, train_images = [], 0.0, 0, 0
     for epoch in range(config["epochs"]):
         model.train()
         epoch_start = time.perf_counter()
@@ -165,6 +165,7 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
                     loss = loss + extra
             scaler.scale(loss / accumulate).backward()
             losses.append(loss.item())
+            train_images += len(x)
             step = i // accumulate
             if (i + 1) % accumulate == 0 or i + 1 == len(train_loader):
                 optimizer_step(epoch, step)
@@ -195,7 +196,7 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
         infer_ips.append(ips)
     timing = {
         "train_iter_per_s": micro_steps / max(train_time, 1e-9),  # micro-batches per second
-        "train_images_per_s": micro_steps * micro / max(train_time, 1e-9),
+        "train_images_per_s": train_images / max(train_time, 1e-9),
         "train_min_per_epoch": train_time / 60 / len(history),
         "infer_img_per_s": float(np.mean(infer_ips)),
         **_peak_memory_mib(device),
