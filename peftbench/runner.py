@@ -40,6 +40,7 @@ class GridOptions:
     epochs: int | None = None
     batch_size: int = DEFAULTS["batch_size"]
     micro_batch_size: int | None = None  # default: 1 on CUDA (as the Conv-LoRA harness), the whole batch on the CPU
+    inference: str = "auto"  # auto: merge exact merges; merged: also approximate ones; unmerged: never
     out: Path = Path("results")
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
 
@@ -65,6 +66,7 @@ def resolve_config(method: MethodSpec, card: DatasetCard, seed: int, opts: GridO
         "batch_size": opts.batch_size,
         "micro_batch_size": opts.micro_batch_size or (1 if device.type == "cuda" else opts.batch_size),
         "num_workers": 4 if device.type == "cuda" else 0,
+        "inference": opts.inference,
     }
 
 

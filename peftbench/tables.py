@@ -60,11 +60,13 @@ def metrics_table(records: list[dict], decimals: int = 2) -> tuple[pd.DataFrame,
 
 def timing_table(records: list[dict], decimals: int = 2) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Like the paper's Table 5: per dataset and method, training and inference throughput and peak memory."""
-    rows = [{"dataset": r["dataset"], "method": r["method"], "device": r["device"]["name"], "metric": k, "value": v}
+    keys = ["dataset", "method", "device", "inference model"]
+    rows = [{"dataset": r["dataset"], "method": r["method"], "device": r["device"]["name"],
+             "inference model": r["timing"]["inference_model"], "metric": k, "value": v}
             for r in records for k, v in r["timing"].items() if k in TIMING_COLUMNS]
-    df = pd.DataFrame(rows, columns=["dataset", "method", "device", "metric", "value"])
-    stats, text = _mean_std(df, ["dataset", "method", "device", "metric"], decimals)
-    table = stats.assign(cell=text).pivot(index=["dataset", "method", "device"], columns="metric", values="cell")
+    df = pd.DataFrame(rows, columns=[*keys, "metric", "value"])
+    stats, text = _mean_std(df, [*keys, "metric"], decimals)
+    table = stats.assign(cell=text).pivot(index=keys, columns="metric", values="cell")
     table = table[[c for c in TIMING_COLUMNS if c in table.columns]].rename(columns=TIMING_COLUMNS)
     return table, stats
 
@@ -89,6 +91,8 @@ def write_tables(out: Path) -> list[Path]:
     seeds = sorted({r["seed"] for r in records})
     tables = Path(out) / "tables"
     metric_caption = f"Test metrics (%), mean ± std over seeds {seeds} (std with ddof=1); ber: lower is better."
-    timing_caption = "Throughput and peak memory, mean ± std over seeds (absolute values only comparable on one device)."
+    timing_caption = ("Throughput and peak memory, mean ± std over seeds (absolute values only comparable on one device). "
+                      "Inference model: 'merged' = adapter folded into the frozen weights (plain SAM at inference), "
+                      "'unmerged' = the adapter runs at inference.")
     return (_write(*metrics_table(records), tables / "metrics", metric_caption)
             + _write(*timing_table(records), tables / "timing", timing_caption))

@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader
 from .data import DatasetCard, build_splits
 from .errors import UserError
 from .losses import bce_dice, multiclass_loss
-from .methods import MethodSpec
+from .methods import Method, MethodSpec
+from .methods.base import trainable_state
 from .metrics import BinaryMeter, MulticlassMeter, spec
 from .sam import load_sam, official_param_count
 from .segmenter import SamSegmenter
@@ -98,6 +99,22 @@ def evaluate(model: SamSegmenter, loader: DataLoader, card: DatasetCard, device:
     if card.kind == "multiclass":
         metrics.update({k: v for k, v in results.items() if k.startswith("iou_class")})
     return metrics, meter.rows, images / max(elapsed, 1e-9)
+
+
+@torch.no_grad()
+def _outputs(model: SamSegmenter, x: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+    model.eval()
+    with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+        out = {**model(x), "probabilities": model.probabilities(x)}
+    return {k: v.float() for k, v in out.items()}
+
+
+def merge_gap(model: SamSegmenter, method: Method, probe: torch.Tensor, device: torch.device) -> dict:
+    """Merge `method` into `model` in place; returns the max abs change of every output on the `probe` images."""
+    before = _outputs(model, probe, device)
+    method.merge(model)
+    after = _outputs(model, probe, device)
+    return {f"max_abs_diff_{k}": (after[k] - before[k]).abs().max().item() for k in before}
 
 
 def _peak_memory_mib(device: torch.device) -> dict:
@@ -182,27 +199,49 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
         better = best_score is None or (score > best_score if select.higher_is_better else score < best_score)
         if better:
             best_score, best_epoch, stale = score, epoch, 0
-            best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            best_state = trainable_state(model)
         else:
             stale += 1
             if stale >= config["patience"]:
                 break
     model.load_state_dict(best_state, strict=False)
 
-    metrics, per_image, infer_ips = {}, {}, []
-    for split in sorted(s for s in splits if s.startswith("test")):
-        name = split.partition(":")[2] or "test"
-        metrics[name], per_image[name], ips = evaluate(model, eval_loader(split), card, device)
-        infer_ips.append(ips)
+    def test() -> tuple[dict, dict, float]:
+        metrics, per_image, ips = {}, {}, []
+        for split in sorted(s for s in splits if s.startswith("test")):
+            name = split.partition(":")[2] or "test"
+            metrics[name], per_image[name], split_ips = evaluate(model, eval_loader(split), card, device)
+            ips.append(split_ips)
+        return metrics, per_image, float(np.mean(ips))
+
+    probe = next(iter(eval_loader(min(s for s in splits if s.startswith("test")))))[0].to(device)
+    merge = {"kind": method.merge_kind, "inference": config["inference"]}
+    if method.merge_kind == "exact" and config["inference"] != "unmerged":
+        merge.update(merge_gap(model, method, probe, device))
+        metrics, per_image, infer_ips = test()
+        inference_model = "merged"
+    else:
+        metrics, per_image, infer_ips = test()
+        inference_model = "unmerged"
+        if method.merge_kind == "approximate" and config["inference"] != "unmerged":
+            # The merge is not exact: evaluate both models and keep the gap in the record.
+            merge.update(merge_gap(model, method, probe, device))
+            merged_metrics, merged_per_image, merged_ips = test()
+            merge.update(metrics=merged_metrics, infer_img_per_s=merged_ips, metric_delta={
+                t: {m: merged_metrics[t][m] - v for m, v in values.items()} for t, values in metrics.items()})
+            if config["inference"] == "merged":
+                metrics, per_image, infer_ips, inference_model = merged_metrics, merged_per_image, merged_ips, "merged"
+    merge["evaluated_model"] = inference_model
     timing = {
         "train_iter_per_s": micro_steps / max(train_time, 1e-9),  # micro-batches per second
         "train_images_per_s": train_images / max(train_time, 1e-9),
         "train_min_per_epoch": train_time / 60 / len(history),
-        "infer_img_per_s": float(np.mean(infer_ips)),
+        "infer_img_per_s": infer_ips,
+        "inference_model": inference_model,
         **_peak_memory_mib(device),
     }
     return {
-        "metrics": metrics, "per_image": per_image, "params": params, "timing": timing,
+        "metrics": metrics, "per_image": per_image, "params": params, "timing": timing, "merge": merge,
         "selection": {"metric": card.select_metric, "split": "val", "best_epoch": best_epoch, "best_score": best_score},
         "history": history, "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }

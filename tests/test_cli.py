@@ -35,6 +35,19 @@ def test_run_writes_a_complete_record_and_tables(tmp_path):
     assert "lora" in (tmp_path / "tables" / "metrics.md").read_text()
 
 
+def test_exact_merges_are_tested_merged_unless_asked_otherwise(tmp_path):
+    assert run(QUICK, tmp_path / "auto") == 0
+    assert run([*QUICK, "--inference", "unmerged"], tmp_path / "unmerged") == 0
+    merged, unmerged = (json.loads(record_path(tmp_path / d, "synth_road", "lora", 0).read_text())
+                        for d in ("auto", "unmerged"))
+    assert merged["merge"]["evaluated_model"] == merged["timing"]["inference_model"] == "merged"
+    assert merged["merge"]["max_abs_diff_probabilities"] < 1e-4
+    assert unmerged["timing"]["inference_model"] == "unmerged" and "max_abs_diff_mask_logits" not in unmerged["merge"]
+    for metric, value in unmerged["metrics"]["test"].items():
+        assert merged["metrics"]["test"][metric] == pytest.approx(value, abs=0.01)
+    assert "| merged" in (tmp_path / "auto" / "tables" / "timing.md").read_text()
+
+
 def test_rerun_skips_finished_runs_and_reruns_changed_configs(tmp_path, capsys):
     assert run(QUICK, tmp_path) == 0
     path = record_path(tmp_path, "synth_road", "lora", 0)

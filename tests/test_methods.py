@@ -1,33 +1,80 @@
-"""Every registered method, parametrized over the registry, plus LoRA's exactness properties."""
+"""Every registered method, parametrized over the registry, plus each family's defining properties."""
+
+import re
 
 import pytest
 import torch
+from segment_anything.modeling.image_encoder import Block
 from torch import nn
 
 import peftbench
 from peftbench.data import build_splits, dataset_cards
 from peftbench.errors import UserError
-from peftbench.methods import method_specs
+from peftbench.methods import FAMILIES, method_specs
+from peftbench.methods.base import trainable_state
+from peftbench.methods.conv_lora import MoEConv
+from peftbench.methods.dora import DoRALinear
 from peftbench.methods.lora import LoRALinear
+from peftbench.methods.mona import Mona
+from peftbench.methods.sam_adapter import high_frequency
+from peftbench.methods.vera import VeRALinear
+from peftbench.methods.vpt import PromptedBlock
+from peftbench.params import count_method
 from peftbench.train import task_loss
 
 METHODS = list(method_specs())
+C_H = 1280  # vit_h width
+DECODER_H = 3_505_536  # trainable mask-decoder parameters on vit_h (paper: 3.51 M)
+
+# Which image-encoder parameters each family trains (regex on the name under image_encoder).
+ENCODER_TRAINABLE = {
+    "decoder_only": None,
+    "lora": r".*\.lora_[AB]",
+    "conv_lora": r".*\.(lora_[AB]|bottleneck\..*)",
+    "dora": r".*\.(lora\.lora_[AB]|magnitude)",
+    "vera": r".*\.lambda_[bd]",
+    "bitfit": r".*bias",
+    "vpt": r"blocks\.\d+\.prompts",
+    "sam_adapter": r"generator\..*",
+    "mona": r"blocks\.\d+\.mona_(attn|mlp)\..*",
+    "full_ft": r".*",
+}
+# Families whose adapter starts as the identity (zero-initialised B / lambda_b, or no new module at all).
+IDENTITY_AT_INIT = {"decoder_only", "lora", "conv_lora", "dora", "vera", "bitfit", "full_ft"}
+
+
+def attached(tiny_segmenter, name, num_classes=1, seed=0):
+    model = tiny_segmenter(num_classes)
+    torch.manual_seed(seed)
+    method = method_specs()[name].build()
+    method.attach(model)
+    return model, method
+
+
+def perturb_trainables(model, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+
+
+def test_every_family_has_its_expectations_listed():
+    assert set(ENCODER_TRAINABLE) == set(FAMILIES) and IDENTITY_AT_INIT <= set(FAMILIES)
 
 
 @pytest.mark.parametrize("name", METHODS)
 @pytest.mark.parametrize("dataset", ["synth_road", "synth_shapes"])
 def test_every_method_trains_and_lowers_the_loss(name, dataset, tiny_segmenter):
     card = dataset_cards()[dataset]
-    model = tiny_segmenter(card.num_classes)
-    method = method_specs()[name].build()
-    method.attach(model)
+    model, method = attached(tiny_segmenter, name, card.num_classes)
     groups = method.parameter_groups(model)
     params = [p for ps in groups.values() for p in ps]
     assert params and all(p.requires_grad for p in params)
-    assert not any(p.requires_grad for p in model.prompt_encoder.parameters())
-    assert not any(p.requires_grad for p in model.mask_decoder.iou_prediction_head.parameters())
     data = build_splits(card, model.img_size)["train"]
     x, y = map(torch.stack, zip(*[data[i] for i in range(4)]))
+    out = model(x)
+    assert out["mask_logits"].shape == (4, 1 if card.num_classes == 1 else card.num_classes, 64, 64)
     config = {"w_seg": 1.0, "w_cls": 1.0}
     opt = torch.optim.AdamW(params, lr=1e-3)
 
@@ -36,23 +83,123 @@ def test_every_method_trains_and_lowers_the_loss(name, dataset, tiny_segmenter):
         extra = method.extra_loss(model)
         return loss + extra if extra is not None else loss
 
+    torch.manual_seed(0)
     first = loss_now()
     for _ in range(5):
         opt.zero_grad()
         loss_now().backward()
         opt.step()
+    torch.manual_seed(0)
     assert loss_now().item() < first.item()
 
 
-def _lora_model(tiny_segmenter):
-    model = tiny_segmenter()
-    method = method_specs()["lora"].build()
-    method.attach(model)
-    return model, method
+@pytest.mark.parametrize("name", METHODS)
+def test_only_the_intended_parameters_receive_gradients(name, tiny_segmenter):
+    model, method = attached(tiny_segmenter, name)
+    loss = model(torch.randn(2, 3, 64, 64))["mask_logits"].sum()
+    extra = method.extra_loss(model)
+    (loss if extra is None else loss + extra).backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert with_grad <= trainable
+    pattern = ENCODER_TRAINABLE[method.family]
+    encoder = {n.removeprefix("image_encoder.") for n in trainable if n.startswith("image_encoder.")}
+    expected = {n for n, _ in model.image_encoder.named_parameters() if pattern and re.fullmatch(pattern, n)}
+    assert encoder == expected and (pattern is None or expected)
+    outside = {n for n in trainable if not n.startswith("image_encoder.")}
+    decoder = {f"mask_decoder.{n}" for n, _ in model.mask_decoder.named_parameters()
+               if not n.startswith("iou_prediction_head.")}
+    assert outside == decoder
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_adapters_defined_as_identity_at_init_leave_outputs_unchanged(name, tiny_segmenter):
+    x = torch.randn(2, 3, 64, 64)
+    model, _ = attached(tiny_segmenter, name)
+    plain = tiny_segmenter()
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        gap = (model(x)["mask_logits"] - plain(x)["mask_logits"]).abs().max().item()
+    if name in IDENTITY_AT_INIT or method_specs()[name].family in IDENTITY_AT_INIT:
+        assert gap < 1e-5
+    else:
+        assert gap > 1e-6  # prompts / adapters are random at init, as their references
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_saved_adapter_state_reproduces_outputs(name, tiny_segmenter):
+    x = torch.randn(2, 3, 64, 64)
+    model, _ = attached(tiny_segmenter, name, seed=0)
+    perturb_trainables(model)
+    other, _ = attached(tiny_segmenter, name, seed=7)
+    model.eval(), other.eval()
+    with torch.no_grad():
+        expected = model(x)["mask_logits"]
+        assert (other(x)["mask_logits"] - expected).abs().max() > 1e-4
+        other.load_state_dict(trainable_state(model), strict=False)
+        torch.testing.assert_close(other(x)["mask_logits"], expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_samples_of_a_batch_never_mix(name, tiny_segmenter):
+    model, _ = attached(tiny_segmenter, name)
+    perturb_trainables(model)
+    model.eval()
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        together = model(x)["mask_logits"]
+        alone = torch.cat([model(x[i: i + 1])["mask_logits"] for i in range(3)])
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_merge_is_exact_where_the_registry_says_so(name, tiny_segmenter):
+    model, method = attached(tiny_segmenter, name, num_classes=3)
+    perturb_trainables(model)
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    if method.merge_kind == "none":
+        with pytest.raises(NotImplementedError):
+            method.merge(model)
+        return
+    with torch.no_grad():
+        before = model(x)
+        method.merge(model)
+        after = model(x)
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=1e-5)
+    # What is left is the plain SAM segmenter: same modules, same parameter names and shapes.
+    plain = tiny_segmenter(3)
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+    assert [type(m) for m in model.modules()] == [type(m) for m in plain.modules()]
+
+
+EXPECTED_VIT_H = {  # trainable parameters on vit_h, derived by hand from each reference definition
+    "decoder_only": DECODER_H,
+    "lora": DECODER_H + 32 * 4 * C_H * 3,
+    "conv_lora": DECODER_H + 32 * 16_080,  # conv-lora-harness.md section 4
+    "dora": DECODER_H + 32 * (4 * C_H * 3 + 3 * C_H),
+    "vera": DECODER_H + 32 * (3 * C_H + 256),
+    "bitfit": DECODER_H + 32 * 14_080 + C_H + 2 * 256,
+    "vpt": DECODER_H + 32 * 12 * C_H,
+    "sam_adapter": DECODER_H + 186_960,  # methods.md section 4
+    "mona": DECODER_H + 64 * 179_968,
+    "full_ft": DECODER_H + 637_026_048,
+}
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_vit_h_parameter_counts(name):
+    spec = method_specs()[name]
+    ours = count_method("vit_h", name)
+    assert ours == EXPECTED_VIT_H[spec.family]
+    paper = spec.paper.get("params_m")
+    if paper is not None and abs(ours / 1e6 - paper) > 0.01 * paper:
+        assert spec.paper.get("params_note"), f"{name} differs from the paper's {paper} M without a note"
 
 
 def test_lora_wraps_every_qkv_with_the_paper_shapes(tiny_segmenter):
-    model, _ = _lora_model(tiny_segmenter)
+    model, _ = attached(tiny_segmenter, "lora")
     wrapped = [m for m in model.modules() if isinstance(m, LoRALinear)]
     assert len(wrapped) == len(model.image_encoder.blocks)
     c = model.image_encoder.blocks[0].attn.qkv.base.in_features
@@ -60,32 +207,89 @@ def test_lora_wraps_every_qkv_with_the_paper_shapes(tiny_segmenter):
     assert wrapped[0].scaling == pytest.approx(32 / 3)
 
 
-def test_lora_with_zero_b_leaves_outputs_unchanged(tiny_segmenter):
-    x = torch.randn(2, 3, 64, 64)
-    plain = tiny_segmenter()
-    model, _ = _lora_model(tiny_segmenter)
+def test_dora_matches_its_definition_with_a_detached_norm():
+    torch.manual_seed(0)
+    layer = DoRALinear(nn.Linear(6, 9), rank=2, alpha=4)
     with torch.no_grad():
-        torch.testing.assert_close(model(x)["mask_logits"], plain(x)["mask_logits"], rtol=0, atol=1e-6)
-        for m in model.modules():  # a non-zero B must change them, or the test above proves nothing
-            if isinstance(m, LoRALinear):
-                m.lora_B.normal_()
-        assert (model(x)["mask_logits"] - plain(x)["mask_logits"]).abs().max() > 1e-3
+        layer.lora.lora_B.normal_()
+        layer.magnitude.mul_(1.5)
+    w, b = layer.lora.base.weight, layer.lora.base.bias
+    torch.testing.assert_close(layer.magnitude / 1.5, w.norm(dim=1))
+    x = torch.randn(4, 6)
+    full = w + layer.lora.delta_weight()
+    expected = x @ ((layer.magnitude / full.norm(dim=1)).unsqueeze(1) * full).T + b
+    torch.testing.assert_close(layer(x), expected)
+    # The norm is a constant: the gradient wrt m is the normalised direction applied to x.
+    layer(x).sum().backward()
+    direction = full / full.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(layer.magnitude.grad, (x @ direction.T).sum(0).detach())
 
 
-def test_lora_merge_matches_unmerged_and_leaves_plain_linear(tiny_segmenter):
-    model, method = _lora_model(tiny_segmenter)
+def test_vera_shares_one_seeded_projection_as_peft():
+    model = nn.Sequential(nn.Linear(8, 24), nn.Linear(8, 6)).requires_grad_(False)
+    method = peftbench.adapt(model, "vera", targets=["0", "1"], rank=4)
+    layers = [m for m in model.modules() if isinstance(m, VeRALinear)]
+    assert layers[0].projection is layers[1].projection
+    gen = torch.Generator().manual_seed(0)
+    a = torch.empty(4, 8).uniform_(-(6 / 8) ** 0.5, (6 / 8) ** 0.5, generator=gen)
+    b = torch.empty(24, 4).uniform_(-(6 / 4) ** 0.5, (6 / 4) ** 0.5, generator=gen)
+    assert torch.equal(layers[0].projection.A, a) and torch.equal(layers[0].projection.B, b)
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == [
+        "0.lambda_d", "0.lambda_b", "1.lambda_d", "1.lambda_b"]
+    assert torch.all(layers[0].lambda_d == 0.1) and torch.all(layers[0].lambda_b == 0)
+    assert method.merge_kind == "exact"
+
+
+def test_conv_lora_experts_routing_and_balance_loss():
+    moe = MoEConv(rank=3, num_experts=8)
+    assert [e.ratio for e in moe.experts] == list(range(1, 9))
+    per_block = 3 * C_H + 3 * C_H * 3 + 2 * 3 * 8 + 8 * (9 * 9 + 3)
+    assert per_block == 16_080
+    z = torch.randn(5, 4, 4, 3, requires_grad=True)
+    moe.train()
+    out = moe(z)
+    assert out.shape == z.shape and moe.balance_loss.item() >= 0
+    # The task loss reaches the experts but not the router (gate values are not multiplied in, as the reference);
+    # the router learns from the balance loss only.
+    out.sum().backward(retain_graph=True)
+    assert moe.w_gate.grad is None and any(e.conv.weight.grad is not None for e in moe.experts)
+    moe.balance_loss.backward()
+    assert moe.w_noise.grad is not None and moe.w_noise.grad.abs().sum() > 0
+    moe.eval()
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, LoRALinear):
-                m.lora_B.normal_(std=0.05)
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        before = model(x)["mask_logits"]
-        method.merge(model)
-        after = model(x)["mask_logits"]
-    assert not any(isinstance(m, LoRALinear) for m in model.modules())
-    assert all(type(b.attn.qkv) is nn.Linear for b in model.image_encoder.blocks)
-    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+        moe.w_gate[:, 4] = 1.0  # every map with a positive mean channel sum goes to expert 5 (x5 upsampling)
+        z = torch.ones(2, 4, 4, 3)
+        torch.testing.assert_close(moe(z), z + moe.experts[4](z.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+
+
+def test_vpt_with_no_prompts_is_the_plain_block(tiny_segmenter):
+    model = tiny_segmenter()
+    x = torch.randn(2, 8, 8, model.image_encoder.blocks[0].norm1.normalized_shape[0])
+    for block in model.image_encoder.blocks:  # windowed and global blocks
+        prompted = PromptedBlock(block, num_tokens=0, patch_size=8)
+        with torch.no_grad():
+            torch.testing.assert_close(prompted(x), block(x), rtol=1e-5, atol=1e-5)
+
+
+def test_vpt_prompt_count_and_init_bound():
+    prompted = PromptedBlock(Block(dim=64, num_heads=2), num_tokens=12, patch_size=16)
+    assert prompted.prompts.shape == (12, 64)
+    assert prompted.prompts.abs().max() <= (6 / (3 * 16 * 16 + 64)) ** 0.5
+
+
+def test_sam_adapter_high_frequency_component():
+    flat = torch.full((1, 3, 16, 16), 0.7)
+    assert high_frequency(flat).abs().max() < 1e-6  # a constant image has no high frequencies
+    checker = (torch.arange(16)[:, None] + torch.arange(16)[None]) % 2 * 2.0 - 1.0
+    image = checker.expand(1, 3, 16, 16)
+    torch.testing.assert_close(high_frequency(image), image.abs())  # the highest frequency passes untouched
+
+
+def test_mona_parameter_count_and_near_identity():
+    assert sum(p.numel() for p in Mona(C_H).parameters()) == 179_968
+    mona = Mona(16).eval()
+    x = torch.randn(2, 5, 5, 16)
+    assert (mona(x) - x).abs().max() < 0.5
 
 
 def test_adapt_applies_a_method_to_any_module_by_target_names():

@@ -21,7 +21,7 @@ def test_vit_h_parameter_counts_match_the_paper():
     assert official_param_count("vit_h") == 641_090_608  # Table 1 "SAM (scratch) 641.09"
     assert count_method("vit_h", "decoder_only") == 3_505_536  # 3.51 M
     assert count_method("vit_h", "lora") == 3_505_536 + 32 * (3 * 1280 + 3 * 1280 * 3)  # 4.00 M
-    table = params_table("vit_h", "decoder_only,lora").set_index("method")
+    table = params_table("vit_h", "decoder_only,lora")[0].set_index("method")
     assert table.loc["decoder_only", "Ratio(%)"] == 0.55 and table.loc["lora", "Ratio(%)"] == 0.62
     assert table.loc["lora", "Params(M)"] == pytest.approx(4.00, abs=0.005)
 

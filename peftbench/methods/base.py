@@ -4,7 +4,7 @@ A method is attached to a model in place. The trainer then only talks to it thro
   - `parameter_groups(model)`: named lists of trainable parameters, one optimizer per group;
   - `groups_to_step(epoch, step)`: which groups step at this iteration (all, unless a method declares a schedule);
   - `extra_loss(model)`: an optional term added to the task loss (e.g. a load-balancing loss);
-  - `merge(model)`: fold the adapter into the frozen weights where that is exact.
+  - `merge(model)`: fold the adapter into the frozen weights; `merge_kind` says how faithful that is.
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ class Method:
     """Base class of a PEFT method. Subclasses set `family` and implement `attach`."""
 
     family: str = ""
-    mergeable: bool = False  # True when merge() folds the whole adapter exactly into plain layers
+    # "exact": merge() leaves the plain SAM architecture with outputs equal up to float rounding;
+    # "approximate": merge() folds what folds exactly and approximates the rest (the harness measures the gap);
+    # "none": the adapter must run at inference (prompts, adapters, input-dependent experts).
+    merge_kind: str = "none"
 
     def __init__(self, targets: list[str] | None = None, scope: str = "", **hparams) -> None:
         self.targets = list(targets or [])
@@ -44,8 +47,23 @@ class Method:
         return None
 
     def merge(self, model: nn.Module) -> nn.Module:
-        """Fold the adapter into frozen weights, leaving plain modules behind."""
-        raise NotImplementedError(f"{self.family} cannot be merged into the frozen weights")
+        """Fold the adapter into frozen weights, leaving plain modules behind.
+
+        This default suits methods that add no module (decoder-only, BitFit, full fine-tuning): nothing to fold.
+        """
+        if self.merge_kind == "none":
+            raise NotImplementedError(f"{self.family} cannot be merged into the frozen weights")
+        return model
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of what training changes: trainable parameters and every buffer (e.g. running statistics).
+
+    Loading it into a freshly built model with the same method attached reproduces the trained model.
+    """
+    state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    state.update({n: b.detach().clone() for n, b in model.named_buffers()})
+    return state
 
 
 def find_targets(root: nn.Module, targets: list[str], scope: str = "", kind: type = nn.Linear) -> list[str]:

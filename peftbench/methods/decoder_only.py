@@ -9,10 +9,7 @@ from .registry import register_family
 @register_family
 class DecoderOnly(Method):
     family = "decoder_only"
-    mergeable = True  # nothing to fold
+    merge_kind = "exact"  # nothing to fold: inference runs the plain SAM
 
     def attach(self, model: nn.Module) -> nn.Module:
-        return model
-
-    def merge(self, model: nn.Module) -> nn.Module:
         return model

@@ -2,6 +2,8 @@
 
 One A (r x C) and one B (3C x r) per wrapped Linear, so the rank-r update covers q, k and v together.
 A is kaiming-uniform (a=sqrt(5)), B is zero, so the adapter starts as the identity; scaling = alpha / r.
+`LoRALinear` optionally runs a module on the rank-r bottleneck between A and B (Conv-LoRA's experts, NAS-LoRA's
+cell): those families are LoRA plus a bottleneck module, nothing else.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from .registry import register_family
 
 
 class LoRALinear(nn.Module):
-    """`y = W x + b + scaling * B A x` around a frozen `nn.Linear`.
+    """`y = W x + b + scaling * B g(A x)` around a frozen `nn.Linear`; g is the bottleneck module or identity.
 
-    Shapes: x (..., in) -> y (..., out); A (r, in); B (out, r).
+    Shapes: x (..., in) -> y (..., out); A (r, in); B (out, r). In SAM's attention x is (B', h, w, in), so the
+    bottleneck sees (B', h, w, r): the spatial map of an attention window, or of the whole image in global blocks.
     """
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float) -> None:
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, bottleneck: nn.Module | None = None) -> None:
         super().__init__()
         self.base = base
         self.base.requires_grad_(False)
@@ -30,27 +33,52 @@ class LoRALinear(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, **factory))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, **factory))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.bottleneck = bottleneck.to(base.weight.device) if bottleneck is not None else None
 
     def delta_weight(self) -> torch.Tensor:
         return self.scaling * (self.lora_B @ self.lora_A)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + (x @ self.lora_A.T @ self.lora_B.T) * self.scaling
+        z = x @ self.lora_A.T
+        if self.bottleneck is not None:
+            z = self.bottleneck(z)
+        return self.base(x) + (z @ self.lora_B.T) * self.scaling
 
     def merged(self) -> nn.Linear:
-        """A plain frozen Linear with W + scaling * B A."""
+        """A plain frozen Linear with W + scaling * B A (exact only without a bottleneck module)."""
+        if self.bottleneck is not None:
+            raise NotImplementedError("a LoRA bottleneck module does not fold into a per-token weight")
         with torch.no_grad():
             self.base.weight += self.delta_weight()
         return self.base
 
 
+def to_map(z: torch.Tensor) -> torch.Tensor:
+    """Bottleneck tokens (N, h, w, r), or (N, L, r) with L a square, -> channels-first maps (N, r, h, w)."""
+    if z.ndim == 3:
+        side = math.isqrt(z.shape[1])
+        if side * side != z.shape[1]:
+            raise ValueError(f"cannot lay {z.shape[1]} tokens out on a square map")
+        z = z.reshape(z.shape[0], side, side, z.shape[2])
+    return z.permute(0, 3, 1, 2)
+
+
+def from_map(maps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Inverse of `to_map`: (N, r, h, w) -> the shape of `like`."""
+    return maps.permute(0, 2, 3, 1).reshape(like.shape)
+
+
+def rank_alpha(hparams: dict) -> tuple[int, float]:
+    return int(hparams.get("rank", 3)), float(hparams.get("alpha", 32))
+
+
 @register_family
 class LoRA(Method):
     family = "lora"
-    mergeable = True
+    merge_kind = "exact"
 
     def attach(self, model: nn.Module) -> nn.Module:
-        rank, alpha = int(self.hparams.get("rank", 3)), float(self.hparams.get("alpha", 32))
+        rank, alpha = rank_alpha(self.hparams)
         replace_targets(model, self.targets or ["qkv"], self.scope, lambda m: LoRALinear(m, rank, alpha))
         return model
 

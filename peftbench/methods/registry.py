@@ -34,9 +34,14 @@ class MethodSpec:
     description: str
     hparams: dict = field(default_factory=dict)  # passed to the family's constructor
     train: dict = field(default_factory=dict)  # overrides of the dataset's training settings (e.g. lr)
+    paper: dict = field(default_factory=dict)  # what the NAS-LoRA paper reports: params_m (vit_h), params_note
 
     def build(self):
         return FAMILIES[self.family](**self.hparams)
+
+    @property
+    def merge_kind(self) -> str:
+        return FAMILIES[self.family].merge_kind
 
     def as_dict(self) -> dict:
         return {"name": self.name, "family": self.family, "hparams": self.hparams, "train": self.train}
@@ -50,7 +55,8 @@ def _read_spec(path: Path) -> MethodSpec:
     family = data.get("family")
     if family not in FAMILIES:
         raise UserError(f"{path}: family {family!r} is not one of {', '.join(sorted(FAMILIES))}")
-    return MethodSpec(path.stem, family, data.get("description", ""), data.get("hparams", {}), data.get("train", {}))
+    return MethodSpec(path.stem, family, data.get("description", ""), data.get("hparams", {}), data.get("train", {}),
+                      data.get("paper", {}))
 
 
 def method_specs(directory: Path = METHODS_DIR) -> dict[str, MethodSpec]:
