@@ -40,7 +40,8 @@ def _seeds(value: str) -> list[int]:
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--methods", default="all", help="comma-separated registered methods, or 'all' (default)")
+    p.add_argument("--methods", default="all",
+                   help="comma-separated registered methods, 'all' (the main methods, default) or 'ablations'")
     p.add_argument("--datasets", default=None,
                    help="comma-separated registered datasets, folders or CSV manifests (default: the synthetic ones)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
@@ -92,16 +93,18 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
                   f"(already recorded), {summary['failed']} failed")
     console.print(f"records: {opts.out / 'runs'}")
     for path in summary["tables"]:
-        if path.suffix == ".md":
-            console.print(f"table: {path}")
+        if path.suffix in (".md", ".png"):
+            console.print(f"{'table' if path.suffix == '.md' else 'figure'}: {path}")
     return 1 if summary["failed"] else 0
 
 
 def _cmd_methods(args: argparse.Namespace, console: Console) -> int:
     from .methods import method_specs
 
-    for spec in method_specs().values():
-        print(f"{spec.name:<16} {spec.family:<14} merge: {spec.merge_kind:<12} {spec.description}")
+    specs = method_specs().values()
+    width = max(len(s.name) for s in specs)
+    for spec in specs:
+        print(f"{spec.name:<{width}}  {spec.family:<12} merge: {spec.merge_kind:<12} {spec.description}")
     return 0
 
 
@@ -119,15 +122,16 @@ def _cmd_params(args: argparse.Namespace, console: Console) -> int:
     table, notes = params_table(args.sam, args.methods, args.num_classes)
     print(table.to_markdown(index=False))
     if notes:
-        print("\nWhere ours differ from the paper's Table 1 by more than 1 %:")
+        print("\nWhere ours differ from the paper's count by more than 1 %:")
         print("\n".join(f"- {note}" for note in notes))
     return 0
 
 
 def _cmd_tables(args: argparse.Namespace, console: Console) -> int:
+    from .figures import write_figures
     from .tables import write_tables
 
-    written = write_tables(Path(args.out))
+    written = write_tables(Path(args.out)) + write_figures(Path(args.out))
     if not written:
         raise UserError(f"--out {args.out}: no run records under {Path(args.out) / 'runs'}; run `peftbench run` first")
     for path in written:

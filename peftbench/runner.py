@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .data import DatasetCard
+from .figures import write_figures
 from .methods import MethodSpec
 from .records import config_hash, environment, is_complete, record_path, write_json_atomic
 from .sam import spec_dict
@@ -62,7 +63,7 @@ def resolve_config(method: MethodSpec, card: DatasetCard, seed: int, opts: GridO
         "precision": "fp16-mixed" if device.type == "cuda" else "fp32",
         "epochs": opts.epochs or train.get("epochs", card.epochs),
         "lr": train.get("lr", card.lr),
-        "group_lr": train.get("group_lr", {}),
+        "group_optim": train.get("group_optim", {}),
         "batch_size": opts.batch_size,
         "micro_batch_size": opts.micro_batch_size or (1 if device.type == "cuda" else opts.batch_size),
         "num_workers": 4 if device.type == "cuda" else 0,
@@ -92,7 +93,8 @@ def run_grid(methods: list[MethodSpec], cards: list[DatasetCard], opts: GridOpti
                 continue
             run_task = progress.add_task(label, total=None)
 
-            def on_step(epoch: int, step: int, steps: int, loss: float, task=run_task, label=label) -> None:
+            def on_step(epoch: int, step: int, steps: int, loss: float, groups: list, task=run_task, label=label,
+                        config=config) -> None:
                 progress.update(task, total=steps * config["epochs"], completed=epoch * steps + step + 1,
                                 description=f"{label} · epoch {epoch + 1}/{config['epochs']} · loss {loss:.3f}")
 
@@ -119,5 +121,5 @@ def run_grid(methods: list[MethodSpec], cards: list[DatasetCard], opts: GridOpti
                 summary["trained"] += 1
             progress.remove_task(run_task)
             progress.advance(overall)
-    summary["tables"] = write_tables(opts.out)
+    summary["tables"] = write_tables(opts.out) + write_figures(opts.out)
     return summary

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import resource
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from .metrics import BinaryMeter, MulticlassMeter, spec
 from .sam import load_sam, official_param_count
 from .segmenter import SamSegmenter
 
-StepCallback = Callable[[int, int, int, float], None]  # (epoch, step, steps_per_epoch, loss)
+StepCallback = Callable[[int, int, int, float, list], None]  # (epoch, step, steps_per_epoch, loss, groups stepped)
 
 
 def seed_everything(seed: int) -> None:
@@ -60,15 +60,19 @@ def count_params(model: torch.nn.Module, sam_name: str) -> dict:
 
 
 def _optimizers(groups: dict[str, list[torch.nn.Parameter]], config: dict) -> dict[str, torch.optim.Optimizer]:
+    """One optimizer per parameter group. Default: the harness's AdamW (no weight decay on 1-D parameters); a
+    method's TOML may give a group its own (`[train.group_optim.<group>]`: optimizer, lr, weight_decay, betas)."""
     optimizers = {}
     for name, params in groups.items():
-        decay = [p for p in params if p.ndim > 1]
-        no_decay = [p for p in params if p.ndim <= 1]
-        lr = config["group_lr"].get(name, config["lr"])
-        optimizers[name] = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": config["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=lr, betas=(0.9, 0.999), eps=1e-6,
-        )
+        own = config["group_optim"].get(name, {})
+        wd = own.get("weight_decay", config["weight_decay"])
+        kwargs = {"lr": own.get("lr", config["lr"]), "betas": tuple(own.get("betas", (0.9, 0.999))), "eps": 1e-6}
+        if own.get("optimizer", "adamw") == "adam":  # L2 weight decay on every parameter, as PC-DARTS' architect
+            optimizers[name] = torch.optim.Adam(params, weight_decay=wd, **kwargs)
+        else:
+            optimizers[name] = torch.optim.AdamW([{"params": [p for p in params if p.ndim > 1], "weight_decay": wd},
+                                                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}],
+                                                 **kwargs)
     return optimizers
 
 
@@ -145,13 +149,21 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
     optimizers = _optimizers(groups, config)
     steps_per_epoch = -(-len(train_loader) // accumulate)
     total_steps = max(1, steps_per_epoch * config["epochs"])
-    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: max(0.0, 1 - s / total_steps)) for o in optimizers.values()]
+    linear = lambda s: max(0.0, 1 - s / total_steps)  # noqa: E731
+    schedulers = {name: torch.optim.lr_scheduler.LambdaLR(
+        opt, (lambda s: 1.0) if config["group_optim"].get(name, {}).get("schedule") == "constant" else linear)
+        for name, opt in optimizers.items()}
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    def optimizer_step(epoch: int, step: int) -> None:
-        active = method.groups_to_step(epoch, step) or list(optimizers)
+    def set_trainable(active: list[str]) -> None:
+        """Groups outside this optimizer step get no gradient (and cost no gradient computation)."""
+        for name, params in groups.items():
+            for p in params:
+                p.requires_grad_(name in active)
+
+    def optimizer_step(active: list[str]) -> None:
         for name in active:
             scaler.unscale_(optimizers[name])
         torch.nn.utils.clip_grad_norm_([p for n in active for p in groups[n]], config["grad_clip"])
@@ -162,40 +174,56 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
         for opt in optimizers.values():
             opt.zero_grad(set_to_none=True)
         if scaler.get_scale() >= scale:  # fp16 overflow skipped this step: do not advance the schedule either
-            for sched in schedulers:
-                sched.step()
+            for name in active:
+                schedulers[name].step()
+
+    def batches():
+        """Micro-batches grouped by optimizer step: every step of a step plan sees the same images."""
+        chunk = []
+        for item in train_loader:
+            chunk.append(item)
+            if len(chunk) == accumulate:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
 
     select = spec(card.select_metric, card.kind)
     best_score, best_state, best_epoch, stale = None, None, -1, 0
-    history, train_time, micro_steps, train_images = [], 0.0, 0, 0
+    history, train_time, passes, train_images = [], 0.0, 0, 0
     for epoch in range(config["epochs"]):
         model.train()
-        epoch_start = time.perf_counter()
+        epoch_start, epoch_passes = time.perf_counter(), 0
         losses = []
-        for i, (x, y) in enumerate(train_loader):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-                out = model(x)
-                loss = task_loss(out, y, card, config)
-                extra = method.extra_loss(model)
-                if extra is not None:
-                    loss = loss + extra
-            scaler.scale(loss / accumulate).backward()
-            losses.append(loss.item())
-            train_images += len(x)
-            step = i // accumulate
-            if (i + 1) % accumulate == 0 or i + 1 == len(train_loader):
-                optimizer_step(epoch, step)
+        for step, chunk in enumerate(batches()):
+            for active in method.step_plan(epoch, step) or [list(optimizers)]:
+                set_trainable(active)
+                for x, y in chunk:
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+                        out = model(x)
+                        loss = task_loss(out, y, card, config)
+                        extra = method.extra_loss(model)
+                        if extra is not None:
+                            loss = loss + extra
+                    scaler.scale(loss / len(chunk)).backward()
+                    losses.append(loss.item())
+                    train_images += len(x)
+                    epoch_passes += 1
+                optimizer_step(active)
                 if on_step:
-                    on_step(epoch, step, steps_per_epoch, losses[-1])
+                    on_step(epoch, step, steps_per_epoch, losses[-1], active)
+        set_trainable(list(optimizers))
         if device.type == "cuda":
             torch.cuda.synchronize()
-        train_time += time.perf_counter() - epoch_start
-        micro_steps += len(train_loader)
+        epoch_time = time.perf_counter() - epoch_start
+        train_time += epoch_time
+        passes += epoch_passes
 
         val_metrics, _, _ = evaluate(model, eval_loader("val"), card, device)
         score = val_metrics[card.select_metric]
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val": val_metrics})
+        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val": val_metrics,
+                        "train_s": epoch_time, "train_passes": epoch_passes})
         better = best_score is None or (score > best_score if select.higher_is_better else score < best_score)
         if better:
             best_score, best_epoch, stale = score, epoch, 0
@@ -205,6 +233,7 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
             if stale >= config["patience"]:
                 break
     model.load_state_dict(best_state, strict=False)
+    statistics = method.statistics(model)  # of the selected (tested) weights, before any merge
 
     def test() -> tuple[dict, dict, float]:
         metrics, per_image, ips = {}, {}, []
@@ -233,7 +262,7 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
                 metrics, per_image, infer_ips, inference_model = merged_metrics, merged_per_image, merged_ips, "merged"
     merge["evaluated_model"] = inference_model
     timing = {
-        "train_iter_per_s": micro_steps / max(train_time, 1e-9),  # micro-batches per second
+        "train_iter_per_s": passes / max(train_time, 1e-9),  # forward+backward passes of one micro-batch per second
         "train_images_per_s": train_images / max(train_time, 1e-9),
         "train_min_per_epoch": train_time / 60 / len(history),
         "infer_img_per_s": infer_ips,
@@ -243,5 +272,5 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
     return {
         "metrics": metrics, "per_image": per_image, "params": params, "timing": timing, "merge": merge,
         "selection": {"metric": card.select_metric, "split": "val", "best_epoch": best_epoch, "best_score": best_score},
-        "history": history, "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "history": history, "milestones": method.milestones(), "statistics": statistics, "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }

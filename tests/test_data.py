@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import write_pairs
+
 from peftbench.data import build_splits, dataset_cards, resolve_dataset
 from peftbench.data.synthetic import GENERATORS, generate
 from peftbench.errors import UserError

@@ -38,9 +38,10 @@ ENCODER_TRAINABLE = {
     "sam_adapter": r"generator\..*",
     "mona": r"blocks\.\d+\.mona_(attn|mlp)\..*",
     "full_ft": r".*",
+    "nas_lora": r".*\.(lora_[AB]|bottleneck\..*)",
 }
 # Families whose adapter starts as the identity (zero-initialised B / lambda_b, or no new module at all).
-IDENTITY_AT_INIT = {"decoder_only", "lora", "conv_lora", "dora", "vera", "bitfit", "full_ft"}
+IDENTITY_AT_INIT = {"decoder_only", "lora", "conv_lora", "dora", "vera", "bitfit", "full_ft", "nas_lora"}
 
 
 def attached(tiny_segmenter, name, num_classes=1, seed=0):
@@ -166,8 +167,9 @@ def test_merge_is_exact_where_the_registry_says_so(name, tiny_segmenter):
         before = model(x)
         method.merge(model)
         after = model(x)
-    for key in before:
-        torch.testing.assert_close(after[key], before[key], rtol=0, atol=1e-5)
+    if method.merge_kind == "exact":
+        for key in before:
+            torch.testing.assert_close(after[key], before[key], rtol=0, atol=1e-5)
     # What is left is the plain SAM segmenter: same modules, same parameter names and shapes.
     plain = tiny_segmenter(3)
     assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
@@ -188,11 +190,34 @@ EXPECTED_VIT_H = {  # trainable parameters on vit_h, derived by hand from each r
 }
 
 
+NAS_OP_PARAMS = {  # per searched channel count k, from the PC-DARTS operation definitions
+    "sep_conv_3x3": lambda k: 2 * (9 * k + k * k), "sep_conv_5x5": lambda k: 2 * (25 * k + k * k),
+    "dil_conv_3x3": lambda k: 9 * k + k * k, "dil_conv_5x5": lambda k: 25 * k + k * k,
+}
+
+
+def expected_vit_h(spec) -> int:
+    if spec.family != "nas_lora":
+        return EXPECTED_VIT_H[spec.family]
+    h = spec.hparams
+    r, k = h["rank"], round(h["channel_ratio"] * h["rank"])
+    cell = sum(NAS_OP_PARAMS.get(op, lambda k: 0)(k) for op in h["operations"]) + len(h["operations"])
+    blocks = 32 if h["blocks"] == "all" else 16
+    return DECODER_H + blocks * (4 * C_H * r + cell)
+
+
+def test_nas_lora_counts_are_the_papers_within_one_percent():
+    assert count_method("vit_h", "nas_lora") == DECODER_H + 32 * (4 * C_H * 3 + 360 + 8)  # 4.0088 M (paper 4.016)
+    assert count_method("vit_h", "nas_pc_lora") == DECODER_H + 32 * (4 * C_H * 3 + 228 + 8)  # 4.0046 M (4.009)
+    assert count_method("vit_h", "nas_lora") / 1e6 == pytest.approx(4.016, rel=0.01)
+    assert count_method("vit_h", "nas_pc_lora") / 1e6 == pytest.approx(4.009, rel=0.01)
+
+
 @pytest.mark.parametrize("name", METHODS)
 def test_vit_h_parameter_counts(name):
     spec = method_specs()[name]
     ours = count_method("vit_h", name)
-    assert ours == EXPECTED_VIT_H[spec.family]
+    assert ours == expected_vit_h(spec)
     paper = spec.paper.get("params_m")
     if paper is not None and abs(ours / 1e6 - paper) > 0.01 * paper:
         assert spec.paper.get("params_note"), f"{name} differs from the paper's {paper} M without a note"

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 from skimage.draw import bezier_curve, disk, ellipse, polygon
 from skimage.filters import gaussian
-from skimage.morphology import dilation, disk as disk_footprint
+from skimage.morphology import dilation
+from skimage.morphology import disk as disk_footprint
 
 
 def _texture(rng: np.random.Generator, size: int, colour, spread: float, sigma: float) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Importing this package registers every adapter family."""
 
-from . import bitfit, conv_lora, decoder_only, dora, full_ft, lora, mona, sam_adapter, vera, vpt  # noqa: F401  (registers)
+from . import bitfit, conv_lora, decoder_only, dora, full_ft, lora, mona, nas_lora, sam_adapter, vera, vpt  # noqa: F401
 from .base import Method
 from .registry import FAMILIES, MethodSpec, adapt, get_method, method_specs, register_family, resolve_methods
 

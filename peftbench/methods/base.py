@@ -2,15 +2,18 @@
 
 A method is attached to a model in place. The trainer then only talks to it through:
   - `parameter_groups(model)`: named lists of trainable parameters, one optimizer per group;
-  - `groups_to_step(epoch, step)`: which groups step at this iteration (all, unless a method declares a schedule);
+  - `step_plan(epoch, step)`: the optimizer steps taken on one batch, each a list of the groups it updates
+    (one step of every group, unless a method declares a schedule such as NAS-LoRA's stage-wise optimisation);
   - `extra_loss(model)`: an optional term added to the task loss (e.g. a load-balancing loss);
-  - `merge(model)`: fold the adapter into the frozen weights; `merge_kind` says how faithful that is.
+  - `merge(model)`: fold the adapter into the frozen weights; `merge_kind` says how faithful that is;
+  - `milestones()` and `statistics(model)`: schedule epochs to mark on plots, and what to store about the learned
+    adapter in the run record (e.g. NAS-LoRA's operation distribution).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -39,8 +42,15 @@ class Method:
     def parameter_groups(self, model: nn.Module) -> dict[str, list[nn.Parameter]]:
         return {"weights": [p for p in model.parameters() if p.requires_grad]}
 
-    def groups_to_step(self, epoch: int, step: int) -> list[str] | None:
-        """Names of the parameter groups to update at this step; None means all of them."""
+    def step_plan(self, epoch: int, step: int) -> list[list[str]] | None:
+        """Optimizer steps on batch `step` of `epoch`, in order, each the group names it updates; None: one step
+        of all groups. Groups not in a step get no gradient in it."""
+        return None
+
+    def milestones(self) -> dict[str, int]:
+        return {}
+
+    def statistics(self, model: nn.Module) -> dict | None:
         return None
 
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
@@ -80,6 +90,19 @@ def find_targets(root: nn.Module, targets: list[str], scope: str = "", kind: typ
     if not found:
         raise UserError(f"targets {targets} matched no {kind.__name__} module" + (f" under {scope!r}" if scope else ""))
     return found
+
+
+def select_blocks(names: list[str], which: str | list[int]) -> list[str]:
+    """Keep the target names inside encoder blocks `which`: "all", "first_half", "last_half" or a list of indices
+    (the paper's Table 8 places NAS-LoRA in blocks 1-16, 17-32 or all of vit_h's 32)."""
+    if which == "all":
+        return names
+    index = {n: int(re.search(r"blocks\.(\d+)\.", n).group(1)) for n in names}
+    depth = max(index.values()) + 1
+    chosen = {"first_half": range(depth // 2), "last_half": range(depth // 2, depth)}.get(which, which)
+    if isinstance(chosen, str):
+        raise UserError(f"blocks {which!r}: expected all, first_half, last_half or a list of block indices")
+    return [n for n in names if index[n] in set(chosen)]
 
 
 def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:

@@ -27,7 +27,7 @@ def register_family(cls: type) -> type:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One registered method, read from methods/<name>.toml."""
+    """One registered method, read from methods/<name>.toml (or methods/ablations/<name>.toml)."""
 
     name: str
     family: str
@@ -35,6 +35,7 @@ class MethodSpec:
     hparams: dict = field(default_factory=dict)  # passed to the family's constructor
     train: dict = field(default_factory=dict)  # overrides of the dataset's training settings (e.g. lr)
     paper: dict = field(default_factory=dict)  # what the NAS-LoRA paper reports: params_m (vit_h), params_note
+    ablation: str = ""  # the paper table this variant belongs to; empty for a main method
 
     def build(self):
         return FAMILIES[self.family](**self.hparams)
@@ -47,21 +48,47 @@ class MethodSpec:
         return {"name": self.name, "family": self.family, "hparams": self.hparams, "train": self.train}
 
 
-def _read_spec(path: Path) -> MethodSpec:
+def _merged(base: dict, override: dict) -> dict:
+    """`override` on top of `base`, tables merged key by key (so a variant states only what it changes)."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read_toml(path: Path) -> dict:
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"{path}: invalid TOML ({err})") from None
+    if "base" in data:  # a variant: the base method's file with this file's keys on top
+        base_path = METHODS_DIR / f"{data['base']}.toml"
+        if not base_path.is_file():
+            raise UserError(f"{path}: base method {data['base']!r} has no file {base_path}")
+        base = {k: v for k, v in _read_toml(base_path).items() if k != "paper"}
+        data = _merged(base, {k: v for k, v in data.items() if k != "base"})
+    return data
+
+
+def _read_spec(path: Path) -> MethodSpec:
+    data = _read_toml(path)
     family = data.get("family")
     if family not in FAMILIES:
         raise UserError(f"{path}: family {family!r} is not one of {', '.join(sorted(FAMILIES))}")
     return MethodSpec(path.stem, family, data.get("description", ""), data.get("hparams", {}), data.get("train", {}),
-                      data.get("paper", {}))
+                      data.get("paper", {}), data.get("ablation", ""))
 
 
 def method_specs(directory: Path = METHODS_DIR) -> dict[str, MethodSpec]:
-    """All registered methods, by name, sorted."""
-    return {p.stem: _read_spec(p) for p in sorted(directory.glob("*.toml"))}
+    """All registered methods by name: the main ones (methods/*.toml), then the ablation variants
+    (methods/ablations/*.toml)."""
+    paths = sorted(directory.glob("*.toml")) + sorted(directory.glob("ablations/*.toml"))
+    specs: dict[str, MethodSpec] = {}
+    for path in paths:
+        if path.stem in specs:
+            raise UserError(f"{path}: method name {path.stem!r} is registered twice")
+        specs[path.stem] = _read_spec(path)
+    return specs
 
 
 def get_method(name: str) -> MethodSpec:
@@ -72,12 +99,13 @@ def get_method(name: str) -> MethodSpec:
 
 
 def resolve_methods(arg: str) -> list[MethodSpec]:
-    """Parse a --methods value: comma-separated names, or 'all'."""
-    if arg.strip() == "all":
-        return list(method_specs().values())
+    """Parse a --methods value: comma-separated names, 'all' (the main methods) or 'ablations' (every variant)."""
+    keyword = arg.strip()
+    if keyword in ("all", "ablations"):
+        return [s for s in method_specs().values() if bool(s.ablation) == (keyword == "ablations")]
     names = [n.strip() for n in arg.split(",") if n.strip()]
     if not names:
-        raise UserError("--methods is empty; give comma-separated names or 'all'")
+        raise UserError("--methods is empty; give comma-separated names, 'all' or 'ablations'")
     return [get_method(n) for n in names]
 
 

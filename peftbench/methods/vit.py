@@ -8,11 +8,16 @@ re-uses SAM's own modules and window helpers instead of a copy of the whole bloc
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
-from segment_anything.modeling.image_encoder import Attention, Block, add_decomposed_rel_pos, window_partition
-from segment_anything.modeling.image_encoder import window_unpartition
+from segment_anything.modeling.image_encoder import (
+    Attention,
+    Block,
+    add_decomposed_rel_pos,
+    window_partition,
+    window_unpartition,
+)
 
 
 def attention_branch(block: Block, x: torch.Tensor, attend: Callable[[torch.Tensor], torch.Tensor] | None = None

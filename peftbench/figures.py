@@ -1,0 +1,99 @@
+"""Figures from run records: validation curves over seeds (the paper's Fig. C1) and the learned operation
+distribution of searchable methods (Fig. C2). PNG and PDF under <out>/figures, the plotted numbers as CSV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .records import load_records  # noqa: E402
+
+
+def curves_frame(records: list[dict]) -> pd.DataFrame:
+    """One row per (dataset, method, seed, epoch): the validation value of the dataset's selection metric."""
+    rows = [{"dataset": r["dataset"], "method": r["method"], "seed": r["seed"], "epoch": h["epoch"] + 1,
+             "metric": r["selection"]["metric"], "value": h["val"][r["selection"]["metric"]]}
+            for r in records for h in r["history"]]
+    return pd.DataFrame(rows, columns=["dataset", "method", "seed", "epoch", "metric", "value"])
+
+
+def operations_frame(records: list[dict]) -> pd.DataFrame:
+    """One row per (dataset, method, seed, operation): the mean softmax(alpha) weight over all cells."""
+    rows = [{"dataset": r["dataset"], "method": r["method"], "seed": r["seed"], "operation": op, "proportion": p}
+            for r in records if r.get("statistics") and "distribution" in r["statistics"]
+            for op, p in zip(r["statistics"]["operations"], r["statistics"]["distribution"])]
+    return pd.DataFrame(rows, columns=["dataset", "method", "seed", "operation", "proportion"])
+
+
+def _save(fig, stem: Path) -> list[Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    for path in paths:
+        fig.savefig(path, bbox_inches="tight", dpi=150)
+    plt.close(fig)
+    return paths
+
+
+def convergence_figure(records: list[dict], dataset: str, stem: Path) -> list[Path]:
+    """Validation metric per epoch, mean ± std over seeds per method; schedule milestones as dashed lines."""
+    df = curves_frame([r for r in records if r["dataset"] == dataset])
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    marks: dict[tuple[str, int], list[str]] = {}
+    for method, group in df.groupby("method", sort=False):
+        stats = group.groupby("epoch")["value"].agg(["mean", "std"]).fillna(0.0)
+        line, = ax.plot(stats.index, stats["mean"], label=method)
+        ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
+                        color=line.get_color(), alpha=0.2)
+        milestones = next(r.get("milestones", {}) for r in records if r["method"] == method)
+        for name, epoch in milestones.items():
+            marks.setdefault((name, epoch), []).append(method)
+    for style, ((name, epoch), methods) in zip(["--", ":", "-."] * 4, marks.items()):
+        # 0-based epoch e is plotted as e + 1: the line sits just before the first epoch it concerns
+        ax.axvline(epoch + 0.5, color="black", linestyle=style, linewidth=1, label=f"{name} ({', '.join(methods)})")
+    seeds = [int(s) for s in sorted(df["seed"].unique())]
+    ax.set(xlabel="epoch", ylabel=f"validation {df['metric'].iloc[0]} (%)",
+           title=f"{dataset}: validation curve, mean ± std over seeds {seeds}")
+    ax.legend(fontsize=7)
+    return _save(fig, stem)
+
+
+def operations_figure(df: pd.DataFrame, dataset: str, stem: Path) -> list[Path]:
+    """Bars: proportion of each candidate operation (mean over cells, mean ± std over seeds) per method."""
+    stats = (df[df["dataset"] == dataset].groupby(["operation", "method"], sort=False)["proportion"]
+             .agg(["mean", "std"]).fillna(0.0).reset_index())
+    means = stats.pivot(index="operation", columns="method", values="mean")
+    errors = stats.pivot(index="operation", columns="method", values="std")
+    order = list(dict.fromkeys(stats["operation"]))
+    fig, ax = plt.subplots(figsize=(7.0, 3.6))
+    means.loc[order].plot.bar(ax=ax, yerr=errors.loc[order], capsize=2, rot=30)
+    ax.axhline(1 / len(order), color="black", linestyle="--", linewidth=1, label="uniform (α = 0)")
+    ax.set(xlabel="", ylabel="proportion of softmax(α)", title=f"{dataset}: learned operation distribution")
+    ax.legend(fontsize=7)
+    return _save(fig, stem)
+
+
+def write_figures(out: Path) -> list[Path]:
+    """Render every figure from the records under `out`/runs into `out`/figures. Returns the files written."""
+    records = load_records(out)
+    if not records:
+        return []
+    figures = Path(out) / "figures"
+    written = []
+    curves = curves_frame(records)
+    operations = operations_frame(records)
+    figures.mkdir(parents=True, exist_ok=True)
+    curves.to_csv(figures / "convergence.csv", index=False)
+    written.append(figures / "convergence.csv")
+    for dataset in curves["dataset"].unique():
+        written += convergence_figure(records, dataset, figures / f"convergence_{dataset}")
+    if not operations.empty:
+        operations.to_csv(figures / "operations.csv", index=False)
+        written.append(figures / "operations.csv")
+        for dataset in operations["dataset"].unique():
+            written += operations_figure(operations, dataset, figures / f"operations_{dataset}")
+    return written
