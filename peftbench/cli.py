@@ -53,6 +53,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--micro-batch-size", default=None,
                    help="images per forward pass; gradients accumulate to --batch-size (default: 1 on CUDA, as the "
                         "paper's harness, else the whole batch)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="autocast precision (default auto: fp16 with loss scaling on CUDA, fp32 on the CPU)")
     p.add_argument("--inference", default="auto", choices=["auto", "merged", "unmerged"],
                    help="model tested: auto (default) merges where the merge is exact and tests the exact unmerged "
                         "model otherwise; merged also tests approximate merges; unmerged never merges")
@@ -77,7 +79,7 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         cards = [resolve_dataset(n, data_root) for n in names]
     opts = GridOptions(
         sam=args.sam, checkpoint=args.checkpoint, device=args.device, out=Path(args.out), seeds=_seeds(args.seeds),
-        inference=args.inference,
+        inference=args.inference, precision=args.precision,
         epochs=_positive_int("--epochs", args.epochs) if args.epochs is not None else None,
         batch_size=_positive_int("--batch-size", args.batch_size),
         micro_batch_size=_positive_int("--micro-batch-size", args.micro_batch_size) if args.micro_batch_size else None,
@@ -139,6 +141,22 @@ def _cmd_tables(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace, console: Console) -> int:
+    from .bench import BenchOptions, run_bench, write_bench
+
+    opts = BenchOptions(
+        sam=args.sam, methods=args.methods, batch=_positive_int("--batch", args.batch),
+        image_size=_positive_int("--image-size", args.image_size) if args.image_size else None,
+        precision=args.precision, device=args.device, warmup=_positive_int("--warmup", args.warmup),
+        iters=_positive_int("--iters", args.iters), repeats=_positive_int("--repeats", args.repeats), out=Path(args.out),
+    )
+    table, meta = run_bench(opts, on_method=lambda name: console.print(f"bench: {name}", style="dim"))
+    for path in write_bench(table, meta, opts.out):
+        console.print(str(path))
+    print(table.to_markdown(index=False, floatfmt=".3g"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="peftbench", description="Benchmark PEFT methods for SAM")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -149,13 +167,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sam", default="vit_h", choices=SAM_NAMES)
     p.add_argument("--methods", default="all")
     p.add_argument("--num-classes", type=int, default=1)
+    p = sub.add_parser("bench", help="training-step / inference speed and peak memory per method on random inputs")
+    p.add_argument("--sam", default="tiny", choices=SAM_NAMES)
+    p.add_argument("--methods", default="all")
+    p.add_argument("--batch", default="4", help="images per step (default 4)")
+    p.add_argument("--image-size", default=None, help="input size in px (default: the architecture's own)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--warmup", default="2", help="untimed iterations first (default 2)")
+    p.add_argument("--iters", default="5", help="iterations per repeat (default 5)")
+    p.add_argument("--repeats", default="3", help="repeats; the median is reported (default 3)")
+    p.add_argument("--out", default="benchmarks/results")
     p = sub.add_parser("tables", help="re-render the tables from existing records")
     p.add_argument("--out", default="results")
     return parser
 
 
 COMMANDS = {"run": _cmd_run, "methods": _cmd_methods, "datasets": _cmd_datasets, "params": _cmd_params,
-            "tables": _cmd_tables}
+            "tables": _cmd_tables, "bench": _cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

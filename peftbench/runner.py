@@ -19,7 +19,7 @@ from .methods import MethodSpec
 from .records import config_hash, environment, is_complete, record_path, write_json_atomic
 from .sam import spec_dict
 from .tables import write_tables
-from .train import resolve_device, train_run
+from .train import resolve_device, resolve_precision, train_run
 
 DEFAULTS = {"batch_size": 4, "weight_decay": 1e-4, "grad_clip": 1.0, "patience": 10, "w_seg": 1.0, "w_cls": 1.0}
 
@@ -41,6 +41,7 @@ class GridOptions:
     epochs: int | None = None
     batch_size: int = DEFAULTS["batch_size"]
     micro_batch_size: int | None = None  # default: 1 on CUDA (as the Conv-LoRA harness), the whole batch on the CPU
+    precision: str = "auto"  # auto: fp16 autocast on CUDA, fp32 on the CPU
     inference: str = "auto"  # auto: merge exact merges; merged: also approximate ones; unmerged: never
     out: Path = Path("results")
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -60,7 +61,7 @@ def resolve_config(method: MethodSpec, card: DatasetCard, seed: int, opts: GridO
         "checkpoint": opts.checkpoint,
         "checkpoint_sha256": file_sha256(opts.checkpoint) if opts.checkpoint else None,
         "device": device.type,
-        "precision": "fp16-mixed" if device.type == "cuda" else "fp32",
+        "precision": resolve_precision(opts.precision, device),
         "epochs": opts.epochs or train.get("epochs", card.epochs),
         "lr": train.get("lr", card.lr),
         "group_optim": train.get("group_optim", {}),

@@ -7,7 +7,7 @@ For vit_b/l/h every hyper-parameter equals the official one, so official `sam_vi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache, partial
 from pathlib import Path
 
@@ -59,11 +59,19 @@ PIXEL_MEAN, PIXEL_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)  # Sa
 TINY_INIT_SEED = 1234
 
 
-def build_sam(name: str) -> Sam:
-    """Build the SAM architecture `name` (one of SAM_SPECS) with PyTorch's default initialisation."""
+def build_sam(name: str, img_size: int | None = None) -> Sam:
+    """Build the SAM architecture `name` (one of SAM_SPECS) with PyTorch's default initialisation.
+
+    `img_size` changes the input resolution (position embeddings and relative-position tables follow), for speed
+    measurements at CPU-sized inputs; official checkpoints only fit the default.
+    """
     if name not in SAM_SPECS:
         raise UserError(f"--sam {name!r} is unknown; choose one of {', '.join(SAM_SPECS)}")
     s = SAM_SPECS[name]
+    if img_size is not None:
+        if img_size % s.patch_size:
+            raise UserError(f"--image-size {img_size}: must be a multiple of the patch size {s.patch_size}")
+        s = replace(s, img_size=img_size)
     grid = s.img_size // s.patch_size
     return Sam(
         image_encoder=ImageEncoderViT(

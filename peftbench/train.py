@@ -2,7 +2,8 @@
 
 AdamW (betas 0.9/0.999, eps 1e-6, weight decay 1e-4 except on biases, norms and other 1-D parameters), batch 4
 (accumulated from micro-batches, 1 image each on CUDA as in that harness), linear decay of the learning rate to 0
-over all steps, gradient-norm clipping at 1.0, random horizontal flip, fp32 on the CPU and fp16 autocast with loss scaling on CUDA. After every epoch the validation split is scored;
+over all steps, gradient-norm clipping at 1.0, random horizontal flip, fp32 on the CPU and fp16 autocast with loss
+scaling on CUDA (or --precision bf16/fp32). After every epoch the validation split is scored;
 the weights with the best validation score are the ones tested (the test split never selects anything).
 """
 
@@ -43,6 +44,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """auto: fp16 autocast on CUDA (V100-class GPUs have no bf16), fp32 on the CPU."""
+    if name == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise UserError("--precision fp16: fp16 autocast needs CUDA; use fp32 or bf16 on the CPU")
+    return name
+
+
+def autocast(device: torch.device, precision: str):
+    """Mixed-precision context of `precision` ("fp32" disables it)."""
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(precision, torch.float32),
+                          enabled=precision in AUTOCAST_DTYPES)
+
+
 def build_model(config: dict, card: DatasetCard, method_spec: MethodSpec):
     """SAM -> segmenter -> method attached. Returns (model, method)."""
     sam = load_sam(config["sam"], config["checkpoint"])
@@ -59,21 +78,65 @@ def count_params(model: torch.nn.Module, sam_name: str) -> dict:
     return {"trainable": trainable, "total": total, "sam_total": official, "ratio_percent": 100.0 * trainable / official}
 
 
-def _optimizers(groups: dict[str, list[torch.nn.Parameter]], config: dict) -> dict[str, torch.optim.Optimizer]:
-    """One optimizer per parameter group. Default: the harness's AdamW (no weight decay on 1-D parameters); a
-    method's TOML may give a group its own (`[train.group_optim.<group>]`: optimizer, lr, weight_decay, betas)."""
-    optimizers = {}
-    for name, params in groups.items():
-        own = config["group_optim"].get(name, {})
-        wd = own.get("weight_decay", config["weight_decay"])
-        kwargs = {"lr": own.get("lr", config["lr"]), "betas": tuple(own.get("betas", (0.9, 0.999))), "eps": 1e-6}
-        if own.get("optimizer", "adamw") == "adam":  # L2 weight decay on every parameter, as PC-DARTS' architect
-            optimizers[name] = torch.optim.Adam(params, weight_decay=wd, **kwargs)
-        else:
-            optimizers[name] = torch.optim.AdamW([{"params": [p for p in params if p.ndim > 1], "weight_decay": wd},
-                                                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}],
-                                                 **kwargs)
-    return optimizers
+def _optimizer(params: list[torch.nn.Parameter], own: dict, config: dict) -> torch.optim.Optimizer:
+    """The harness's AdamW (no weight decay on 1-D parameters), or what a method's TOML gives its group
+    (`[train.group_optim.<group>]`: optimizer, lr, weight_decay, betas)."""
+    wd = own.get("weight_decay", config["weight_decay"])
+    kwargs = {"lr": own.get("lr", config["lr"]), "betas": tuple(own.get("betas", (0.9, 0.999))), "eps": 1e-6}
+    if own.get("optimizer", "adamw") == "adam":  # L2 weight decay on every parameter, as PC-DARTS' architect
+        return torch.optim.Adam(params, weight_decay=wd, **kwargs)
+    return torch.optim.AdamW([{"params": [p for p in params if p.ndim > 1], "weight_decay": wd},
+                              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}], **kwargs)
+
+
+class Optimization:
+    """One optimizer and learning-rate schedule per parameter group, and the fp16 loss scaler.
+
+    A step updates the groups given to it; `set_trainable` first switches gradients off for the others, so a
+    step of one group (NAS-LoRA's architecture step) neither computes nor applies gradients of the rest.
+    """
+
+    def __init__(self, groups: dict[str, list[torch.nn.Parameter]], config: dict, total_steps: int,
+                 device: torch.device) -> None:
+        self.groups, self.grad_clip = groups, config["grad_clip"]
+        own = config["group_optim"]
+        self.optimizers = {name: _optimizer(params, own.get(name, {}), config) for name, params in groups.items()}
+        linear = lambda s: max(0.0, 1 - s / max(1, total_steps))  # noqa: E731
+        self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(
+            opt, (lambda s: 1.0) if own.get(name, {}).get("schedule") == "constant" else linear)
+            for name, opt in self.optimizers.items()}
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config["precision"] == "fp16")
+
+    def set_trainable(self, active: list[str]) -> None:
+        for name, params in self.groups.items():
+            for p in params:
+                p.requires_grad_(name in active)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
+    def step(self, active: list[str]) -> None:
+        for name in active:
+            self.scaler.unscale_(self.optimizers[name])
+        torch.nn.utils.clip_grad_norm_([p for n in active for p in self.groups[n]], self.grad_clip)
+        for name in active:
+            self.scaler.step(self.optimizers[name])
+        scale = self.scaler.get_scale()
+        self.scaler.update()
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        if self.scaler.get_scale() >= scale:  # fp16 overflow skipped this step: do not advance the schedule either
+            for name in active:
+                self.schedulers[name].step()
+
+
+def training_loss(model: SamSegmenter, method: Method, x: torch.Tensor, y: torch.Tensor, card: DatasetCard,
+                  config: dict, device: torch.device) -> torch.Tensor:
+    """Task loss plus the method's extra loss, under the run's precision."""
+    with autocast(device, config["precision"]):
+        loss = task_loss(model(x), y, card, config)
+        extra = method.extra_loss(model)
+    return loss if extra is None else loss + extra
 
 
 def task_loss(out: dict, label: torch.Tensor, card: DatasetCard, config: dict) -> torch.Tensor:
@@ -83,7 +146,8 @@ def task_loss(out: dict, label: torch.Tensor, card: DatasetCard, config: dict) -
 
 
 @torch.no_grad()
-def evaluate(model: SamSegmenter, loader: DataLoader, card: DatasetCard, device: torch.device) -> tuple[dict, dict, float]:
+def evaluate(model: SamSegmenter, loader: DataLoader, card: DatasetCard, device: torch.device,
+             precision: str = "fp32") -> tuple[dict, dict, float]:
     """Returns (metrics by card name, per-image rows, images per second)."""
     model.eval()
     meter = BinaryMeter() if card.kind == "binary" else MulticlassMeter(card.num_classes)
@@ -91,7 +155,7 @@ def evaluate(model: SamSegmenter, loader: DataLoader, card: DatasetCard, device:
     for x, y in loader:
         x = x.to(device, non_blocking=True)
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+        with autocast(device, precision):
             probs = model.probabilities(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -106,18 +170,19 @@ def evaluate(model: SamSegmenter, loader: DataLoader, card: DatasetCard, device:
 
 
 @torch.no_grad()
-def _outputs(model: SamSegmenter, x: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+def _outputs(model: SamSegmenter, x: torch.Tensor, device: torch.device, precision: str) -> dict[str, torch.Tensor]:
     model.eval()
-    with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+    with autocast(device, precision):
         out = {**model(x), "probabilities": model.probabilities(x)}
     return {k: v.float() for k, v in out.items()}
 
 
-def merge_gap(model: SamSegmenter, method: Method, probe: torch.Tensor, device: torch.device) -> dict:
+def merge_gap(model: SamSegmenter, method: Method, probe: torch.Tensor, device: torch.device,
+              precision: str = "fp32") -> dict:
     """Merge `method` into `model` in place; returns the max abs change of every output on the `probe` images."""
-    before = _outputs(model, probe, device)
+    before = _outputs(model, probe, device, precision)
     method.merge(model)
-    after = _outputs(model, probe, device)
+    after = _outputs(model, probe, device, precision)
     return {f"max_abs_diff_{k}": (after[k] - before[k]).abs().max().item() for k in before}
 
 
@@ -146,36 +211,11 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
     eval_loader = lambda split: DataLoader(splits[split], batch_size=config["batch_size"], num_workers=workers)  # noqa: E731
 
     groups = method.parameter_groups(model)
-    optimizers = _optimizers(groups, config)
     steps_per_epoch = -(-len(train_loader) // accumulate)
-    total_steps = max(1, steps_per_epoch * config["epochs"])
-    linear = lambda s: max(0.0, 1 - s / total_steps)  # noqa: E731
-    schedulers = {name: torch.optim.lr_scheduler.LambdaLR(
-        opt, (lambda s: 1.0) if config["group_optim"].get(name, {}).get("schedule") == "constant" else linear)
-        for name, opt in optimizers.items()}
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    optimization = Optimization(groups, config, steps_per_epoch * config["epochs"], device)
+    every_group = list(groups)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-
-    def set_trainable(active: list[str]) -> None:
-        """Groups outside this optimizer step get no gradient (and cost no gradient computation)."""
-        for name, params in groups.items():
-            for p in params:
-                p.requires_grad_(name in active)
-
-    def optimizer_step(active: list[str]) -> None:
-        for name in active:
-            scaler.unscale_(optimizers[name])
-        torch.nn.utils.clip_grad_norm_([p for n in active for p in groups[n]], config["grad_clip"])
-        for name in active:
-            scaler.step(optimizers[name])
-        scale = scaler.get_scale()
-        scaler.update()
-        for opt in optimizers.values():
-            opt.zero_grad(set_to_none=True)
-        if scaler.get_scale() >= scale:  # fp16 overflow skipped this step: do not advance the schedule either
-            for name in active:
-                schedulers[name].step()
 
     def batches():
         """Micro-batches grouped by optimizer step: every step of a step plan sees the same images."""
@@ -196,31 +236,26 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
         epoch_start, epoch_passes = time.perf_counter(), 0
         losses = []
         for step, chunk in enumerate(batches()):
-            for active in method.step_plan(epoch, step) or [list(optimizers)]:
-                set_trainable(active)
+            for active in method.step_plan(epoch, step) or [every_group]:
+                optimization.set_trainable(active)
                 for x, y in chunk:
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-                        out = model(x)
-                        loss = task_loss(out, y, card, config)
-                        extra = method.extra_loss(model)
-                        if extra is not None:
-                            loss = loss + extra
-                    scaler.scale(loss / len(chunk)).backward()
+                    loss = training_loss(model, method, x, y, card, config, device)
+                    optimization.backward(loss / len(chunk))
                     losses.append(loss.item())
                     train_images += len(x)
                     epoch_passes += 1
-                optimizer_step(active)
+                optimization.step(active)
                 if on_step:
                     on_step(epoch, step, steps_per_epoch, losses[-1], active)
-        set_trainable(list(optimizers))
+        optimization.set_trainable(every_group)
         if device.type == "cuda":
             torch.cuda.synchronize()
         epoch_time = time.perf_counter() - epoch_start
         train_time += epoch_time
         passes += epoch_passes
 
-        val_metrics, _, _ = evaluate(model, eval_loader("val"), card, device)
+        val_metrics, _, _ = evaluate(model, eval_loader("val"), card, device, config["precision"])
         score = val_metrics[card.select_metric]
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val": val_metrics,
                         "train_s": epoch_time, "train_passes": epoch_passes})
@@ -239,14 +274,15 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
         metrics, per_image, ips = {}, {}, []
         for split in sorted(s for s in splits if s.startswith("test")):
             name = split.partition(":")[2] or "test"
-            metrics[name], per_image[name], split_ips = evaluate(model, eval_loader(split), card, device)
+            metrics[name], per_image[name], split_ips = evaluate(model, eval_loader(split), card, device,
+                                                                 config["precision"])
             ips.append(split_ips)
         return metrics, per_image, float(np.mean(ips))
 
     probe = next(iter(eval_loader(min(s for s in splits if s.startswith("test")))))[0].to(device)
     merge = {"kind": method.merge_kind, "inference": config["inference"]}
     if method.merge_kind == "exact" and config["inference"] != "unmerged":
-        merge.update(merge_gap(model, method, probe, device))
+        merge.update(merge_gap(model, method, probe, device, config["precision"]))
         metrics, per_image, infer_ips = test()
         inference_model = "merged"
     else:
@@ -254,7 +290,7 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
         inference_model = "unmerged"
         if method.merge_kind == "approximate" and config["inference"] != "unmerged":
             # The merge is not exact: evaluate both models and keep the gap in the record.
-            merge.update(merge_gap(model, method, probe, device))
+            merge.update(merge_gap(model, method, probe, device, config["precision"]))
             merged_metrics, merged_per_image, merged_ips = test()
             merge.update(metrics=merged_metrics, infer_img_per_s=merged_ips, metric_delta={
                 t: {m: merged_metrics[t][m] - v for m, v in values.items()} for t, values in metrics.items()})

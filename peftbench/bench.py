@@ -1,0 +1,191 @@
+"""`peftbench bench`: training-step and inference speed and peak memory per method, on random inputs.
+
+Speed does not depend on weight values, so SAM is randomly initialised (no checkpoint) and fed random images and
+masks (no dataset). Every method is timed with the trainer's own step (`Optimization`, `training_loss`): warm-up
+iterations, device synchronisation, a fixed number of iterations per repeat, the median over repeats. LoRA and
+decoder-only (the frozen base SAM plus the trained decoder) are always measured too, so ratios come from one run.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .data.cards import DatasetCard
+from .methods import MethodSpec, resolve_methods
+from .records import environment, write_json_atomic
+from .runner import DEFAULTS
+from .sam import SAM_SPECS, build_sam
+from .segmenter import SamSegmenter
+from .train import Optimization, autocast, resolve_device, resolve_precision, training_loss
+
+BINARY = DatasetCard(name="random", kind="binary", source="bench", description="random inputs", num_classes=1,
+                     metrics=["iou"], select_metric="iou")
+REFERENCES = ("lora", "decoder_only")  # ratio denominators: LoRA's training step, the base SAM's inference
+
+
+@dataclass
+class BenchOptions:
+    sam: str = "tiny"
+    methods: str = "all"
+    batch: int = 4
+    image_size: int | None = None  # default: the architecture's own (1024 for vit_b/l/h, 64 for tiny)
+    precision: str = "auto"
+    device: str = "auto"
+    warmup: int = 2
+    iters: int = 5
+    repeats: int = 3
+    out: Path = Path("benchmarks/results")
+    seed: int = 0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_mib(device: torch.device, resident: int) -> float | None:
+    """Peak CUDA memory above what was allocated when the measurement started, plus `resident` bytes."""
+    if device.type != "cuda":
+        return None
+    return (torch.cuda.max_memory_allocated(device) - torch.cuda.memory_allocated(device) + resident) / 2**20
+
+
+class Subject:
+    """One method attached to a randomly initialised SAM, with the trainer's optimizers and random inputs."""
+
+    def __init__(self, spec: MethodSpec, opts: BenchOptions, device: torch.device, precision: str) -> None:
+        torch.manual_seed(opts.seed)
+        with torch.device(device):
+            self.model = SamSegmenter(build_sam(opts.sam, opts.image_size), num_classes=1)
+            self.method = spec.build()
+            self.method.attach(self.model)
+        self.spec, self.device, self.precision = spec, device, precision
+        size = self.model.img_size
+        self.x = torch.randn(opts.batch, 3, size, size, device=device)
+        self.y = (torch.rand(opts.batch, size, size, device=device) > 0.5).float()
+        self.config = {**DEFAULTS, "lr": 1e-4, "group_optim": spec.train.get("group_optim", {}), "precision": precision}
+        self.groups = self.method.parameter_groups(self.model)
+        self.optimization = Optimization(self.groups, self.config, total_steps=10**6, device=device)
+        every = [list(self.groups)]
+        # Methods with a schedule (NAS-LoRA) also have a search-phase iteration: architecture step(s) + weight step.
+        self.plans = {"train": self.method.step_plan(0, 0) or every, "search": self.method.step_plan(10**6, 0) or every}
+
+    def weight_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in [*self.model.parameters(), *self.model.buffers()])
+
+    def train_step(self, plan: list[list[str]]) -> None:
+        self.model.train()
+        for active in plan:
+            self.optimization.set_trainable(active)
+            loss = training_loss(self.model, self.method, self.x, self.y, BINARY, self.config, self.device)
+            self.optimization.backward(loss)
+            self.optimization.step(active)
+        self.optimization.set_trainable(list(self.groups))
+
+    @torch.no_grad()
+    def infer(self) -> None:
+        self.model.eval()
+        with autocast(self.device, self.precision):
+            self.model.probabilities(self.x)
+
+
+def time_round_robin(subjects: list[Subject], task, device: torch.device, opts: BenchOptions) -> list[tuple]:
+    """Median ms per call of `task(subject)` for every subject, repeats interleaved across subjects so that
+    drift of the machine (clock, cache, other load) spreads over all methods instead of biasing one.
+    Returns (ms, peak MiB) per subject."""
+    for subject in subjects:
+        for _ in range(opts.warmup):
+            task(subject)
+    runs: list[list[float]] = [[] for _ in subjects]
+    peaks: list[float | None] = [None] * len(subjects)
+    for _ in range(opts.repeats):
+        for i, subject in enumerate(subjects):
+            _sync(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            start = time.perf_counter()
+            for _ in range(opts.iters):
+                task(subject)
+            _sync(device)
+            runs[i].append((time.perf_counter() - start) * 1000 / opts.iters)
+            peaks[i] = _peak_mib(device, subject.weight_bytes())
+    return [(statistics.median(r), p) for r, p in zip(runs, peaks)]
+
+
+def run_bench(opts: BenchOptions, on_method=None) -> tuple[pd.DataFrame, dict]:
+    """Time every method of `opts.methods` (plus the references); returns (table, metadata)."""
+    device = resolve_device(opts.device)
+    precision = resolve_precision(opts.precision, device)
+    specs = resolve_methods(opts.methods)
+    missing = [r for r in REFERENCES if r not in {s.name for s in specs}]
+    specs = (resolve_methods(",".join(missing)) if missing else []) + specs
+    subjects = []
+    for spec in specs:
+        if on_method:
+            on_method(f"building {spec.name}")
+        subjects.append(Subject(spec, opts, device, precision))
+    rows = [{"method": s.spec.name, "merge": s.spec.merge_kind,
+             "trainable": sum(p.numel() for p in s.model.parameters() if p.requires_grad)} for s in subjects]
+    if on_method:
+        on_method("timing training steps")
+    for row, (ms, peak) in zip(rows, time_round_robin(subjects, lambda s: s.train_step(s.plans["train"]), device, opts)):
+        row.update(train_ms=ms, train_peak_mib=peak)
+    searching = [s for s in subjects if s.plans["search"] != s.plans["train"]]
+    search = dict(zip(searching, time_round_robin(searching, lambda s: s.train_step(s.plans["search"]), device, opts)))
+    for row, subject in zip(rows, subjects):
+        row["search_ms"] = search[subject][0] if subject in search else None
+    if on_method:
+        on_method("timing inference")
+    for row, (ms, peak) in zip(rows, time_round_robin(subjects, Subject.infer, device, opts)):
+        row.update(infer_unmerged_ms=ms, infer_peak_mib=peak)
+    mergeable = [s for s in subjects if s.spec.merge_kind != "none"]
+    for subject in mergeable:
+        subject.method.merge(subject.model)
+    merged = dict(zip(mergeable, time_round_robin(mergeable, Subject.infer, device, opts)))
+    for row, subject in zip(rows, subjects):
+        row["infer_merged_ms"] = merged[subject][0] if subject in merged else None
+        # The deployable model: merged where the merge is exact, otherwise the adapter runs.
+        row["infer_ms"] = row["infer_merged_ms"] if subject.spec.merge_kind == "exact" else row["infer_unmerged_ms"]
+        row["train_img_per_s"] = opts.batch * 1000 / row["train_ms"]
+        row["infer_img_per_s"] = opts.batch * 1000 / row["infer_ms"]
+    table = pd.DataFrame(rows).set_index("method")
+    table["train_vs_lora"] = table["train_ms"] / table.loc["lora", "train_ms"]
+    table["search_vs_lora"] = table["search_ms"] / table.loc["lora", "train_ms"]
+    table["infer_vs_base"] = table["infer_ms"] / table.loc["decoder_only", "infer_ms"]
+    meta = {
+        "settings": {**{k: v for k, v in asdict(opts).items() if k != "out"},
+                     "image_size": opts.image_size or SAM_SPECS[opts.sam].img_size, "precision": precision,
+                     "weights": "random initialisation (speed does not depend on values)", "inputs": "random",
+                     "order": "repeats interleaved across methods (round robin)"},
+        "device": {"type": device.type, "name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                   "torch_threads": torch.get_num_threads()},
+        "environment": environment(),
+    }
+    return table.reset_index(), meta
+
+
+def write_bench(table: pd.DataFrame, meta: dict, out: Path) -> list[Path]:
+    s, d = meta["settings"], meta["device"]
+    stem = Path(out) / f"bench_{s['sam']}_{s['image_size']}px_b{s['batch']}_{s['precision']}_{d['type']}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    note = ("CPU run at a small image size: absolute times are not the paper's; compare ratios only."
+            if d["type"] == "cpu" else f"Device: {d['name']}.")
+    header = (f"# peftbench bench: SAM {s['sam']}, {s['image_size']} px, batch {s['batch']}, {s['precision']}, "
+              f"{d['name']}\n\nms per training step (forward, loss, backward, optimizer) and per inference batch; "
+              f"median of {s['repeats']} repeats (interleaved across methods) of {s['iters']} iterations after "
+              f"{s['warmup']} warm-up. Peak memory (CUDA only): the model's weights plus the peak above them. "
+              f"search_ms: one iteration of the architecture-search phase (architecture step + weight step). "
+              f"infer_ms: merged model where the merge is exact, else unmerged. Ratios: to LoRA's training step "
+              f"and to the base SAM's (decoder-only) inference, same run. {note}\n\n")
+    paths = [stem.with_suffix(".md"), stem.with_suffix(".csv"), stem.with_suffix(".json")]
+    paths[0].write_text(header + table.to_markdown(index=False, floatfmt=".3g") + "\n")
+    table.to_csv(paths[1], index=False)
+    write_json_atomic(paths[2], {**meta, "rows": json.loads(table.to_json(orient="records"))})
+    return paths
