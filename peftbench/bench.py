@@ -23,6 +23,7 @@ from .records import environment, write_json_atomic
 from .runner import DEFAULTS
 from .sam import SAM_SPECS, build_sam
 from .segmenter import SamSegmenter
+from .speed import CachedEncoder, encoder_is_frozen
 from .train import Optimization, autocast, resolve_device, resolve_precision, training_loss
 
 BINARY = DatasetCard(name="random", kind="binary", source="bench", description="random inputs", num_classes=1,
@@ -89,6 +90,13 @@ class Subject:
             self.optimization.step(active)
         self.optimization.set_trainable(list(self.groups))
 
+    def cached_train_step(self) -> None:
+        """A training step with the image embeddings already cached (the encoder is frozen)."""
+        if not isinstance(self.model.image_encoder, CachedEncoder):
+            self.model.image_encoder = CachedEncoder(self.model.image_encoder)
+        with self.model.image_encoder.keyed([("bench", i) for i in range(len(self.x))]):
+            self.train_step(self.plans["train"])
+
     @torch.no_grad()
     def infer(self) -> None:
         self.model.eval()
@@ -137,12 +145,19 @@ def run_bench(opts: BenchOptions, on_method=None) -> tuple[pd.DataFrame, dict]:
         on_method("timing training steps")
     for row, (ms, peak) in zip(rows, time_round_robin(subjects, lambda s: s.train_step(s.plans["train"]), device, opts)):
         row.update(train_ms=ms, train_peak_mib=peak)
+    # Methods that leave the encoder frozen (decoder-only) train on cached embeddings from the second epoch on.
+    frozen = [s for s in subjects if encoder_is_frozen(s.model)]
+    cached = dict(zip(frozen, time_round_robin(frozen, Subject.cached_train_step, device, opts)))
+    for row, subject in zip(rows, subjects):
+        row["train_cached_ms"] = cached[subject][0] if subject in cached else None
     searching = [s for s in subjects if s.plans["search"] != s.plans["train"]]
     search = dict(zip(searching, time_round_robin(searching, lambda s: s.train_step(s.plans["search"]), device, opts)))
     for row, subject in zip(rows, subjects):
         row["search_ms"] = search[subject][0] if subject in search else None
     if on_method:
         on_method("timing inference")
+    for subject in frozen:  # inference runs the real encoder
+        subject.model.image_encoder = subject.model.image_encoder.encoder
     for row, (ms, peak) in zip(rows, time_round_robin(subjects, Subject.infer, device, opts)):
         row.update(infer_unmerged_ms=ms, infer_peak_mib=peak)
     mergeable = [s for s in subjects if s.spec.merge_kind != "none"]
@@ -182,6 +197,7 @@ def write_bench(table: pd.DataFrame, meta: dict, out: Path) -> list[Path]:
               f"median of {s['repeats']} repeats (interleaved across methods) of {s['iters']} iterations after "
               f"{s['warmup']} warm-up. Peak memory (CUDA only): the model's weights plus the peak above them. "
               f"search_ms: one iteration of the architecture-search phase (architecture step + weight step). "
+              f"train_cached_ms: a step on cached image embeddings (frozen encoder, from the 2nd epoch on). "
               f"infer_ms: merged model where the merge is exact, else unmerged. Ratios: to LoRA's training step "
               f"and to the base SAM's (decoder-only) inference, same run. {note}\n\n")
     paths = [stem.with_suffix(".md"), stem.with_suffix(".csv"), stem.with_suffix(".json")]

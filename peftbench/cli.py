@@ -55,6 +55,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                         "paper's harness, else the whole batch)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                    help="autocast precision (default auto: fp16 with loss scaling on CUDA, fp32 on the CPU)")
+    p.add_argument("--attention", default="original", choices=["original", "sdpa"],
+                   help="SAM attention as released, or through scaled_dot_product_attention (same results)")
+    p.add_argument("--checkpointing", action="store_true", help="activation checkpointing of the encoder blocks")
+    p.add_argument("--no-embedding-cache", action="store_true",
+                   help="recompute frozen image embeddings every epoch (decoder-only caches them by default)")
     p.add_argument("--inference", default="auto", choices=["auto", "merged", "unmerged"],
                    help="model tested: auto (default) merges where the merge is exact and tests the exact unmerged "
                         "model otherwise; merged also tests approximate merges; unmerged never merges")
@@ -79,7 +84,8 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         cards = [resolve_dataset(n, data_root) for n in names]
     opts = GridOptions(
         sam=args.sam, checkpoint=args.checkpoint, device=args.device, out=Path(args.out), seeds=_seeds(args.seeds),
-        inference=args.inference, precision=args.precision,
+        inference=args.inference, precision=args.precision, attention=args.attention,
+        checkpointing=args.checkpointing, cache_embeddings=not args.no_embedding_cache,
         epochs=_positive_int("--epochs", args.epochs) if args.epochs is not None else None,
         batch_size=_positive_int("--batch-size", args.batch_size),
         micro_batch_size=_positive_int("--micro-batch-size", args.micro_batch_size) if args.micro_batch_size else None,

@@ -42,6 +42,9 @@ class GridOptions:
     batch_size: int = DEFAULTS["batch_size"]
     micro_batch_size: int | None = None  # default: 1 on CUDA (as the Conv-LoRA harness), the whole batch on the CPU
     precision: str = "auto"  # auto: fp16 autocast on CUDA, fp32 on the CPU
+    attention: str = "original"  # or "sdpa"
+    checkpointing: bool = False
+    cache_embeddings: bool = True
     inference: str = "auto"  # auto: merge exact merges; merged: also approximate ones; unmerged: never
     out: Path = Path("results")
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -69,6 +72,8 @@ def resolve_config(method: MethodSpec, card: DatasetCard, seed: int, opts: GridO
         "micro_batch_size": opts.micro_batch_size or (1 if device.type == "cuda" else opts.batch_size),
         "num_workers": 4 if device.type == "cuda" else 0,
         "inference": opts.inference,
+        # Speed settings (results equal up to float precision; kept in the config for the record):
+        "attention": opts.attention, "checkpointing": opts.checkpointing, "cache_embeddings": opts.cache_embeddings,
     }
 
 

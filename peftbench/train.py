@@ -13,6 +13,7 @@ import random
 import resource
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from .methods.base import trainable_state
 from .metrics import BinaryMeter, MulticlassMeter, spec
 from .sam import load_sam, official_param_count
 from .segmenter import SamSegmenter
+from .speed import CachedEncoder, checkpoint_blocks, encoder_is_frozen, use_sdpa
 
 StepCallback = Callable[[int, int, int, float, list], None]  # (epoch, step, steps_per_epoch, loss, groups stepped)
 
@@ -147,15 +149,16 @@ def task_loss(out: dict, label: torch.Tensor, card: DatasetCard, config: dict) -
 
 @torch.no_grad()
 def evaluate(model: SamSegmenter, loader: DataLoader, card: DatasetCard, device: torch.device,
-             precision: str = "fp32") -> tuple[dict, dict, float]:
-    """Returns (metrics by card name, per-image rows, images per second)."""
+             precision: str = "fp32", keyed: Callable = lambda keys: nullcontext()) -> tuple[dict, dict, float]:
+    """Returns (metrics by card name, per-image rows, images per second). `keyed(keys)`: the embedding-cache
+    context for a batch (see speed.CachedEncoder); loaders may yield (x, y) or (x, y, keys)."""
     model.eval()
     meter = BinaryMeter() if card.kind == "binary" else MulticlassMeter(card.num_classes)
     images, elapsed = 0, 0.0
-    for x, y in loader:
+    for x, y, *keys in loader:
         x = x.to(device, non_blocking=True)
         start = time.perf_counter()
-        with autocast(device, precision):
+        with autocast(device, precision), keyed(keys[0] if keys else None):
             probs = model.probabilities(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -199,7 +202,19 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
     model, method = build_model(config, card, method_spec)
     model.to(device)
     params = count_params(model, config["sam"])
-    splits = build_splits(card, model.img_size)
+    if config["attention"] == "sdpa":
+        use_sdpa(model)
+    if config["checkpointing"]:
+        checkpoint_blocks(model)
+    cache = None
+    if config["cache_embeddings"] and encoder_is_frozen(model):  # decoder-only: embed each input once
+        cache = model.image_encoder = CachedEncoder(model.image_encoder)
+
+    def keyed(split: str):
+        """Context for a batch with these input keys: cached embeddings where the encoder is frozen."""
+        return lambda keys: cache.keyed([(split, int(k)) for k in keys]) if cache is not None and keys is not None else nullcontext()
+
+    splits = build_splits(card, model.img_size, keys=True)
 
     # Gradient accumulation: micro-batches of `micro_batch_size` images, one optimizer step per `batch_size` images
     # (the Conv-LoRA harness trains with per-GPU batch 1 x 4 accumulation; its Table 5 "iter" is one micro-batch).
@@ -238,9 +253,10 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
         for step, chunk in enumerate(batches()):
             for active in method.step_plan(epoch, step) or [every_group]:
                 optimization.set_trainable(active)
-                for x, y in chunk:
+                for x, y, keys in chunk:
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    loss = training_loss(model, method, x, y, card, config, device)
+                    with keyed("train")(keys):
+                        loss = training_loss(model, method, x, y, card, config, device)
                     optimization.backward(loss / len(chunk))
                     losses.append(loss.item())
                     train_images += len(x)
@@ -255,7 +271,7 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
         train_time += epoch_time
         passes += epoch_passes
 
-        val_metrics, _, _ = evaluate(model, eval_loader("val"), card, device, config["precision"])
+        val_metrics, _, _ = evaluate(model, eval_loader("val"), card, device, config["precision"], keyed("val"))
         score = val_metrics[card.select_metric]
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val": val_metrics,
                         "train_s": epoch_time, "train_passes": epoch_passes})
@@ -269,6 +285,8 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
                 break
     model.load_state_dict(best_state, strict=False)
     statistics = method.statistics(model)  # of the selected (tested) weights, before any merge
+    if cache is not None:  # the test measures the real model's inference: no cached embeddings
+        model.image_encoder = cache.encoder
 
     def test() -> tuple[dict, dict, float]:
         metrics, per_image, ips = {}, {}, []

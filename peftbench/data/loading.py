@@ -33,8 +33,8 @@ class SegmentationDataset(Dataset):
     DataFrame with image and label paths.
     """
 
-    def __init__(self, samples, kind: str, size: int, train: bool) -> None:
-        self.samples, self.kind, self.size, self.train = samples, kind, size, train
+    def __init__(self, samples, kind: str, size: int, train: bool, keys: bool = False) -> None:
+        self.samples, self.kind, self.size, self.train, self.keys = samples, kind, size, train, keys
         self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
@@ -47,7 +47,8 @@ class SegmentationDataset(Dataset):
         row = self.samples.iloc[i]
         return Image.open(row["image"]).convert("RGB"), Image.open(row["label"]).convert("L")
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        """(x, y), or (x, y, key) with `keys`: key = 2 i + flipped identifies the exact input image."""
         image, label = self._raw(i)
         image = image.resize((self.size, self.size), Image.BICUBIC)
         label = np.asarray(label.resize((self.size, self.size), Image.NEAREST))
@@ -57,19 +58,22 @@ class SegmentationDataset(Dataset):
             y = torch.from_numpy((label > (127 if label.max() > 1 else 0)).astype(np.float32))
         else:
             y = torch.from_numpy(label.astype(np.int64))
-        if self.train and torch.rand(()) < 0.5:  # random horizontal flip, p = 0.5
+        flipped = bool(self.train and torch.rand(()) < 0.5)  # random horizontal flip, p = 0.5
+        if flipped:
             x, y = x.flip(-1), y.flip(-1)
-        return x, y
+        return (x, y, 2 * i + flipped) if self.keys else (x, y)
 
 
-def build_splits(card: DatasetCard, size: int) -> dict[str, SegmentationDataset]:
-    """Split name -> dataset. Test splits are 'test' or 'test:<name>' (several test sets, e.g. Kvasir and CVC)."""
+def build_splits(card: DatasetCard, size: int, keys: bool = False) -> dict[str, SegmentationDataset]:
+    """Split name -> dataset. Test splits are 'test' or 'test:<name>' (several test sets, e.g. Kvasir and CVC).
+    With `keys`, items carry a key of the exact input (index and flip), for caching frozen embeddings."""
     if card.source == "synthetic":
         raw = {split: _synthetic_split(card.generator, count, card.size, card.seed * 10 + SPLIT_OFFSETS[split])
                for split, count in card.splits.items()}
     else:
         raw = read_manifest(card.path)
-    return {split: SegmentationDataset(s, card.kind, size, train=split == "train") for split, s in raw.items()}
+    return {split: SegmentationDataset(s, card.kind, size, train=split == "train", keys=keys)
+            for split, s in raw.items()}
 
 
 __all__ = ["IGNORE_LABEL", "SegmentationDataset", "build_splits"]

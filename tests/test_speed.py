@@ -1,0 +1,59 @@
+"""Speed-ups change no result beyond float precision: SDPA attention, block checkpointing, embedding cache."""
+
+import json
+
+import pytest
+import torch
+
+from peftbench.cli import main
+from peftbench.methods import method_specs
+from peftbench.records import record_path
+from peftbench.speed import checkpoint_blocks, use_sdpa
+
+
+def attached(tiny_segmenter, name):
+    model = tiny_segmenter()
+    method_specs()[name].build().attach(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("name", ["decoder_only", "lora", "mona", "nas_pc_lora"])
+def test_sdpa_attention_equals_sams_attention(name, tiny_segmenter):
+    model = attached(tiny_segmenter, name).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)["mask_logits"]
+        assert use_sdpa(model) == len(model.image_encoder.blocks)
+        torch.testing.assert_close(model(x)["mask_logits"], expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["lora", "vpt", "sam_adapter"])
+def test_block_checkpointing_gives_the_same_gradients(name, tiny_segmenter):
+    x = torch.randn(2, 3, 64, 64)
+    grads = []
+    for checkpointed in (False, True):
+        torch.manual_seed(0)
+        model = attached(tiny_segmenter, name)
+        if checkpointed:
+            checkpoint_blocks(model)
+        model(x)["mask_logits"].square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and any(n.startswith("image_encoder") for n in grads[0])
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-5, atol=1e-6)
+
+
+def test_cached_embeddings_give_the_same_decoder_only_run(tmp_path):
+    args = ["run", "--device", "cpu", "--datasets", "synth_road", "--seeds", "0", "--epochs", "3",
+            "--methods", "decoder_only"]
+    assert main([*args, "--out", str(tmp_path / "cached")]) == 0
+    assert main([*args, "--no-embedding-cache", "--out", str(tmp_path / "plain")]) == 0
+    cached, plain = (json.loads(record_path(tmp_path / d, "synth_road", "decoder_only", 0).read_text())
+                     for d in ("cached", "plain"))
+    assert cached["config"]["cache_embeddings"] and not plain["config"]["cache_embeddings"]
+    assert cached["metrics"] == plain["metrics"]
+    assert [h["val"] for h in cached["history"]] == [h["val"] for h in plain["history"]]
