@@ -44,6 +44,7 @@ class BenchOptions:
     repeats: int = 3
     out: Path = Path("benchmarks/results")
     seed: int = 0
+    one_at_a_time: bool = False
 
 
 def _sync(device: torch.device) -> None:
@@ -73,6 +74,7 @@ class Subject:
         self.y = (torch.rand(opts.batch, size, size, device=device) > 0.5).float()
         self.config = {**DEFAULTS, "lr": 1e-4, "group_optim": spec.train.get("group_optim", {}), "precision": precision}
         self.groups = self.method.parameter_groups(self.model)
+        self.trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.optimization = Optimization(self.groups, self.config, total_steps=10**6, device=device)
         every = [list(self.groups)]
         # Methods with a schedule (NAS-LoRA) also have a search-phase iteration: architecture step(s) + weight step.
@@ -127,49 +129,70 @@ def time_round_robin(subjects: list[Subject], task, device: torch.device, opts: 
     return [(statistics.median(r), p) for r, p in zip(runs, peaks)]
 
 
+def measure(subjects: list[Subject], opts: BenchOptions, device: torch.device, log=None) -> list[dict]:
+    """Every figure of the table for `subjects`, each phase timed round robin across them."""
+    def timed(group: list[Subject], task) -> dict[Subject, tuple]:
+        return dict(zip(group, time_round_robin(group, task, device, opts)))
+
+    if log:
+        log("timing training steps")
+    train = timed(subjects, lambda s: s.train_step(s.plans["train"]))
+    # Methods that leave the encoder frozen (decoder-only) train on cached embeddings from the second epoch on.
+    cached = timed([s for s in subjects if encoder_is_frozen(s.model)], Subject.cached_train_step)
+    search = timed([s for s in subjects if s.plans["search"] != s.plans["train"]],
+                   lambda s: s.train_step(s.plans["search"]))
+    if log:
+        log("timing inference")
+    for subject in cached:  # inference runs the real encoder
+        subject.model.image_encoder = subject.model.image_encoder.encoder
+    unmerged = timed(subjects, Subject.infer)
+    mergeable = [s for s in subjects if s.spec.merge_kind != "none"]
+    for subject in mergeable:
+        subject.method.merge(subject.model)
+    merged = timed(mergeable, Subject.infer)
+
+    rows = []
+    for s in subjects:
+        exact = s.spec.merge_kind == "exact"
+        row = {"method": s.spec.name, "merge": s.spec.merge_kind, "trainable": s.trainable,
+               "train_ms": train[s][0], "train_peak_mib": train[s][1],
+               "train_cached_ms": cached[s][0] if s in cached else None,
+               "search_ms": search[s][0] if s in search else None,
+               "infer_unmerged_ms": unmerged[s][0], "infer_peak_mib": unmerged[s][1],
+               "infer_merged_ms": merged[s][0] if s in merged else None}
+        # The deployable model: merged where the merge is exact, otherwise the adapter runs.
+        row["infer_ms"] = row["infer_merged_ms"] if exact else row["infer_unmerged_ms"]
+        row["train_img_per_s"] = opts.batch * 1000 / row["train_ms"]
+        row["infer_img_per_s"] = opts.batch * 1000 / row["infer_ms"]
+        rows.append(row)
+    return rows
+
+
 def run_bench(opts: BenchOptions, on_method=None) -> tuple[pd.DataFrame, dict]:
-    """Time every method of `opts.methods` (plus the references); returns (table, metadata)."""
+    """Time every method of `opts.methods` (plus the references); returns (table, metadata).
+
+    All models stay resident and every phase is timed round robin; `one_at_a_time` builds, times and frees one
+    method after the other instead (for GPUs that cannot hold them all, e.g. vit_h on 16 GB).
+    """
     device = resolve_device(opts.device)
     precision = resolve_precision(opts.precision, device)
     specs = resolve_methods(opts.methods)
     missing = [r for r in REFERENCES if r not in {s.name for s in specs}]
     specs = (resolve_methods(",".join(missing)) if missing else []) + specs
-    subjects = []
-    for spec in specs:
+
+    def build(spec: MethodSpec) -> Subject:
         if on_method:
             on_method(f"building {spec.name}")
-        subjects.append(Subject(spec, opts, device, precision))
-    rows = [{"method": s.spec.name, "merge": s.spec.merge_kind,
-             "trainable": sum(p.numel() for p in s.model.parameters() if p.requires_grad)} for s in subjects]
-    if on_method:
-        on_method("timing training steps")
-    for row, (ms, peak) in zip(rows, time_round_robin(subjects, lambda s: s.train_step(s.plans["train"]), device, opts)):
-        row.update(train_ms=ms, train_peak_mib=peak)
-    # Methods that leave the encoder frozen (decoder-only) train on cached embeddings from the second epoch on.
-    frozen = [s for s in subjects if encoder_is_frozen(s.model)]
-    cached = dict(zip(frozen, time_round_robin(frozen, Subject.cached_train_step, device, opts)))
-    for row, subject in zip(rows, subjects):
-        row["train_cached_ms"] = cached[subject][0] if subject in cached else None
-    searching = [s for s in subjects if s.plans["search"] != s.plans["train"]]
-    search = dict(zip(searching, time_round_robin(searching, lambda s: s.train_step(s.plans["search"]), device, opts)))
-    for row, subject in zip(rows, subjects):
-        row["search_ms"] = search[subject][0] if subject in search else None
-    if on_method:
-        on_method("timing inference")
-    for subject in frozen:  # inference runs the real encoder
-        subject.model.image_encoder = subject.model.image_encoder.encoder
-    for row, (ms, peak) in zip(rows, time_round_robin(subjects, Subject.infer, device, opts)):
-        row.update(infer_unmerged_ms=ms, infer_peak_mib=peak)
-    mergeable = [s for s in subjects if s.spec.merge_kind != "none"]
-    for subject in mergeable:
-        subject.method.merge(subject.model)
-    merged = dict(zip(mergeable, time_round_robin(mergeable, Subject.infer, device, opts)))
-    for row, subject in zip(rows, subjects):
-        row["infer_merged_ms"] = merged[subject][0] if subject in merged else None
-        # The deployable model: merged where the merge is exact, otherwise the adapter runs.
-        row["infer_ms"] = row["infer_merged_ms"] if subject.spec.merge_kind == "exact" else row["infer_unmerged_ms"]
-        row["train_img_per_s"] = opts.batch * 1000 / row["train_ms"]
-        row["infer_img_per_s"] = opts.batch * 1000 / row["infer_ms"]
+        return Subject(spec, opts, device, precision)
+
+    if opts.one_at_a_time:
+        rows = []
+        for spec in specs:
+            rows += measure([build(spec)], opts, device, on_method)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    else:
+        rows = measure([build(spec) for spec in specs], opts, device, on_method)
     table = pd.DataFrame(rows).set_index("method")
     table["train_vs_lora"] = table["train_ms"] / table.loc["lora", "train_ms"]
     table["search_vs_lora"] = table["search_ms"] / table.loc["lora", "train_ms"]
@@ -178,7 +201,8 @@ def run_bench(opts: BenchOptions, on_method=None) -> tuple[pd.DataFrame, dict]:
         "settings": {**{k: v for k, v in asdict(opts).items() if k != "out"},
                      "image_size": opts.image_size or SAM_SPECS[opts.sam].img_size, "precision": precision,
                      "weights": "random initialisation (speed does not depend on values)", "inputs": "random",
-                     "order": "repeats interleaved across methods (round robin)"},
+                     "order": "one method at a time" if opts.one_at_a_time else
+                     "repeats interleaved across methods (round robin)"},
         "device": {"type": device.type, "name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                    "torch_threads": torch.get_num_threads()},
         "environment": environment(),
@@ -194,7 +218,7 @@ def write_bench(table: pd.DataFrame, meta: dict, out: Path) -> list[Path]:
             if d["type"] == "cpu" else f"Device: {d['name']}.")
     header = (f"# peftbench bench: SAM {s['sam']}, {s['image_size']} px, batch {s['batch']}, {s['precision']}, "
               f"{d['name']}\n\nms per training step (forward, loss, backward, optimizer) and per inference batch; "
-              f"median of {s['repeats']} repeats (interleaved across methods) of {s['iters']} iterations after "
+              f"median of {s['repeats']} repeats ({s['order']}) of {s['iters']} iterations after "
               f"{s['warmup']} warm-up. Peak memory (CUDA only): the model's weights plus the peak above them. "
               f"search_ms: one iteration of the architecture-search phase (architecture step + weight step). "
               f"train_cached_ms: a step on cached image embeddings (frozen encoder, from the 2nd epoch on). "

@@ -28,11 +28,18 @@ def metrics_frame(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["method", "dataset", "metric", "seed", "value"])
 
 
-def _mean_std(df: pd.DataFrame, keys: list[str], decimals: int) -> tuple[pd.DataFrame, pd.Series]:
-    """Aggregated (mean, std with ddof=1, n) and the 'mean ± std' strings."""
+def _mean_std(df: pd.DataFrame, keys: list[str], decimals: int | None) -> tuple[pd.DataFrame, pd.Series]:
+    """Aggregated (mean, std with ddof=1, n) and the 'mean ± std' strings: `decimals` fixed decimals, or None for
+    three significant digits (timings span orders of magnitude between a CPU and a GPU)."""
     stats = df.groupby(keys, sort=False)["value"].agg(["mean", "std", "count"]).reset_index()
-    text = stats.apply(lambda s: f"{s['mean']:.{decimals}f} ± {0.0 if pd.isna(s['std']) else s['std']:.{decimals}f}", axis=1)
-    return stats, text
+
+    def cell(s: pd.Series) -> str:
+        std = 0.0 if pd.isna(s["std"]) else s["std"]
+        if decimals is None:
+            return f"{s['mean']:.3g} ± {std:.2g}"
+        return f"{s['mean']:.{decimals}f} ± {std:.{decimals}f}"
+
+    return stats, stats.apply(cell, axis=1)
 
 
 def _params_column(records: list[dict]) -> pd.Series:
@@ -58,7 +65,7 @@ def metrics_table(records: list[dict], decimals: int = 2) -> tuple[pd.DataFrame,
     return table, stats
 
 
-def timing_table(records: list[dict], decimals: int = 2) -> tuple[pd.DataFrame, pd.DataFrame]:
+def timing_table(records: list[dict], decimals: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Like the paper's Table 5: per dataset and method, training and inference throughput and peak memory."""
     keys = ["dataset", "method", "device", "inference model"]
     rows = [{"dataset": r["dataset"], "method": r["method"], "device": r["device"]["name"],

@@ -221,9 +221,12 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
     micro, accumulate = config["micro_batch_size"], config["batch_size"] // config["micro_batch_size"]
     loader_gen = torch.Generator().manual_seed(config["seed"])
     workers = config["num_workers"]
-    train_loader = DataLoader(splits["train"], batch_size=micro, shuffle=True, generator=loader_gen,
-                              num_workers=workers, pin_memory=device.type == "cuda")
-    eval_loader = lambda split: DataLoader(splits[split], batch_size=config["batch_size"], num_workers=workers)  # noqa: E731
+    # Persistent workers keep their decoded-image caches across epochs.
+    loader_args = {"num_workers": workers, "pin_memory": device.type == "cuda", "persistent_workers": workers > 0}
+    train_loader = DataLoader(splits["train"], batch_size=micro, shuffle=True, generator=loader_gen, **loader_args)
+    eval_loaders = {split: DataLoader(data, batch_size=config["batch_size"], **loader_args)
+                    for split, data in splits.items() if split != "train"}
+    eval_loader = eval_loaders.__getitem__
 
     groups = method.parameter_groups(model)
     steps_per_epoch = -(-len(train_loader) // accumulate)

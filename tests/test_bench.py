@@ -29,3 +29,11 @@ def test_bench_rejects_bad_flags_in_one_line(args, message, capsys):
     assert main(["bench", "--methods", "lora", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_bench_one_method_at_a_time_gives_the_same_table_shape():
+    opts = BenchOptions(sam="tiny", methods="dora", batch=1, warmup=1, iters=1, repeats=1, device="cpu",
+                        one_at_a_time=True)
+    table, meta = run_bench(opts)
+    assert list(table["method"]) == ["lora", "decoder_only", "dora"] and meta["settings"]["order"] == "one method at a time"
+    assert table["train_cached_ms"].notna().tolist() == [False, True, False]

@@ -57,3 +57,23 @@ def test_cached_embeddings_give_the_same_decoder_only_run(tmp_path):
     assert cached["config"]["cache_embeddings"] and not plain["config"]["cache_embeddings"]
     assert cached["metrics"] == plain["metrics"]
     assert [h["val"] for h in cached["history"]] == [h["val"] for h in plain["history"]]
+
+
+def test_bf16_autocast_changes_outputs_only_within_its_precision(tiny_segmenter):
+    from peftbench.train import autocast
+
+    model = attached(tiny_segmenter, "lora").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        full = model.probabilities(x)
+        with autocast(torch.device("cpu"), "bf16"):
+            half = model.probabilities(x).float()
+    assert (half - full).abs().max() < 0.05 and (half - full).abs().mean() < 0.005
+
+
+def test_precision_flag_is_recorded_and_fp16_needs_cuda(tmp_path, capsys):
+    args = ["run", "--device", "cpu", "--datasets", "synth_road", "--seeds", "0", "--epochs", "1", "--methods", "lora"]
+    assert main([*args, "--precision", "bf16", "--out", str(tmp_path)]) == 0
+    assert json.loads(record_path(tmp_path, "synth_road", "lora", 0).read_text())["config"]["precision"] == "bf16"
+    assert main([*args, "--precision", "fp16", "--out", str(tmp_path / "x")]) == 2
+    assert "fp16 autocast needs CUDA" in capsys.readouterr().err

@@ -19,6 +19,7 @@ from .files import IGNORE_LABEL, read_manifest
 from .synthetic import generate
 
 SPLIT_OFFSETS = {"train": 0, "val": 1, "test": 2}
+CACHE_BYTES = 2**30  # per split and per loader worker: 1024 px pairs are 4 MiB, so ~250 images
 
 
 @lru_cache(maxsize=16)
@@ -33,10 +34,14 @@ class SegmentationDataset(Dataset):
     DataFrame with image and label paths.
     """
 
-    def __init__(self, samples, kind: str, size: int, train: bool, keys: bool = False) -> None:
+    def __init__(self, samples, kind: str, size: int, train: bool, keys: bool = False,
+                 cache_bytes: int = CACHE_BYTES) -> None:
         self.samples, self.kind, self.size, self.train, self.keys = samples, kind, size, train, keys
         self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        # Decoded and resized uint8 pairs, kept while they fit the budget: decoding and resizing happen once.
+        self.cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.cache_bytes = cache_bytes
 
     def __len__(self) -> int:
         return len(self.samples[0]) if isinstance(self.samples, tuple) else len(self.samples)
@@ -47,12 +52,21 @@ class SegmentationDataset(Dataset):
         row = self.samples.iloc[i]
         return Image.open(row["image"]).convert("RGB"), Image.open(row["label"]).convert("L")
 
+    def _resized(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(S, S, 3) uint8 image (bicubic) and (S, S) uint8 label (nearest), from the cache when there."""
+        if i in self.cache:
+            return self.cache[i]
+        image, label = self._raw(i)
+        pair = (np.asarray(image.resize((self.size, self.size), Image.BICUBIC)),
+                np.asarray(label.resize((self.size, self.size), Image.NEAREST)))
+        if (len(self.cache) + 1) * 4 * self.size**2 <= self.cache_bytes:
+            self.cache[i] = pair
+        return pair
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         """(x, y), or (x, y, key) with `keys`: key = 2 i + flipped identifies the exact input image."""
-        image, label = self._raw(i)
-        image = image.resize((self.size, self.size), Image.BICUBIC)
-        label = np.asarray(label.resize((self.size, self.size), Image.NEAREST))
-        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        image, label = self._resized(i)
+        x = torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1)
         x = (x - self.mean) / self.std
         if self.kind == "binary":
             y = torch.from_numpy((label > (127 if label.max() > 1 else 0)).astype(np.float32))

@@ -11,7 +11,6 @@ DoRA differs from LoRA only by the decomposition).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .base import Method, merge_wrappers, replace_targets
@@ -28,13 +27,25 @@ class DoRALinear(nn.Module):
         with torch.no_grad():
             self.magnitude = nn.Parameter(base.weight.norm(dim=1))
 
+    def row_scale(self) -> torch.Tensor:
+        """(out,) m / ||W + s B A||_row, the norm detached (a constant for autograd, as peft)."""
+        with torch.no_grad():
+            norm = (self.lora.base.weight + self.lora.delta_weight()).norm(dim=1)
+        return self.magnitude / norm
+
     def directed_weight(self) -> torch.Tensor:
-        """(W + s B A) with its row norms detached, scaled by m: the effective weight."""
-        weight = self.lora.base.weight + self.lora.delta_weight()
-        return weight * (self.magnitude / weight.norm(dim=1).detach()).unsqueeze(1)
+        """The effective weight m * (W + s B A) / ||W + s B A||_row."""
+        return (self.lora.base.weight + self.lora.delta_weight()) * self.row_scale().unsqueeze(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.directed_weight(), self.lora.base.bias)
+        # peft's arrangement: W x comes from the frozen layer and the update stays low-rank, so no gradient of a
+        # full (out x in) weight is ever formed (half the cost of differentiating F.linear(x, W')).
+        lora = self.lora
+        base = lora.base(x)
+        wx = base - lora.base.bias if lora.base.bias is not None else base
+        low_rank = (x @ lora.lora_A.T @ lora.lora_B.T) * lora.scaling
+        scale = self.row_scale()
+        return base + (scale - 1) * wx + scale * low_rank
 
     def merged(self) -> nn.Linear:
         base = self.lora.base

@@ -93,10 +93,8 @@ class NASCell(nn.Module):
         """(r,) diagonal of the part of the cell that acts on each token alone: the skip connection's weight on
         the searched channels (the zero operation adds nothing), 1 on the pass-through channels."""
         diag = torch.ones(self.rank, device=self.alpha.device)
-        if "skip_connect" in self.operations:
-            diag[: self.searched] = self.weights()[self.operations.index("skip_connect")]
-        else:
-            diag[: self.searched] = 0.0
+        ops = self.operations
+        diag[: self.searched] = self.weights()[ops.index("skip_connect")] if "skip_connect" in ops else 0.0
         return diag
 
 
