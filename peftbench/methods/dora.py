@@ -11,6 +11,7 @@ DoRA differs from LoRA only by the decomposition).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .base import Method, merge_wrappers, replace_targets
@@ -38,14 +39,13 @@ class DoRALinear(nn.Module):
         return (self.lora.base.weight + self.lora.delta_weight()) * self.row_scale().unsqueeze(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # peft's arrangement: W x comes from the frozen layer and the update stays low-rank, so no gradient of a
-        # full (out x in) weight is ever formed (half the cost of differentiating F.linear(x, W')).
+        # peft's result W x + b + (s - 1) W x + s * scaling * B A x, rearranged to s * (W x + scaling * B A x) + b:
+        # W x comes from the frozen weight and the update stays low-rank, so no gradient of a full (out x in)
+        # weight is ever formed (as differentiating F.linear(x, W') would).
         lora = self.lora
-        base = lora.base(x)
-        wx = base - lora.base.bias if lora.base.bias is not None else base
-        low_rank = (x @ lora.lora_A.T @ lora.lora_B.T) * lora.scaling
-        scale = self.row_scale()
-        return base + (scale - 1) * wx + scale * low_rank
+        out = F.linear(x, lora.base.weight) + (x @ lora.lora_A.T @ lora.lora_B.T) * lora.scaling
+        out = out * self.row_scale()
+        return out + lora.base.bias if lora.base.bias is not None else out
 
     def merged(self) -> nn.Linear:
         base = self.lora.base
