@@ -331,3 +331,15 @@ def test_adapt_applies_a_method_to_any_module_by_target_names():
 def test_adapt_rejects_targets_that_match_nothing():
     with pytest.raises(UserError, match="matched no Linear"):
         peftbench.adapt(nn.Sequential(nn.Linear(4, 4)), "lora", targets=["qkv"])
+
+
+def test_variants_inherit_their_base_and_a_missing_base_is_a_clear_error(tmp_path):
+    (tmp_path / "ablations").mkdir()
+    (tmp_path / "lora.toml").write_text('family = "lora"\n[hparams]\nrank = 3\nalpha = 32\n[paper]\nparams_m = 4.0\n')
+    (tmp_path / "ablations" / "lora_r8.toml").write_text('base = "lora"\nablation = "T"\n[hparams]\nrank = 8\n')
+    specs = method_specs(tmp_path)
+    assert specs["lora_r8"].hparams == {"rank": 8, "alpha": 32} and specs["lora_r8"].family == "lora"
+    assert specs["lora_r8"].ablation == "T" and specs["lora_r8"].paper == {}
+    (tmp_path / "ablations" / "bad.toml").write_text('base = "nope"\n')
+    with pytest.raises(UserError, match="base method 'nope'"):
+        method_specs(tmp_path)

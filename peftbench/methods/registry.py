@@ -56,22 +56,22 @@ def _merged(base: dict, override: dict) -> dict:
     return out
 
 
-def _read_toml(path: Path) -> dict:
+def _read_toml(path: Path, directory: Path) -> dict:
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"{path}: invalid TOML ({err})") from None
     if "base" in data:  # a variant: the base method's file with this file's keys on top
-        base_path = METHODS_DIR / f"{data['base']}.toml"
+        base_path = directory / f"{data['base']}.toml"
         if not base_path.is_file():
             raise UserError(f"{path}: base method {data['base']!r} has no file {base_path}")
-        base = {k: v for k, v in _read_toml(base_path).items() if k != "paper"}
+        base = {k: v for k, v in _read_toml(base_path, directory).items() if k != "paper"}
         data = _merged(base, {k: v for k, v in data.items() if k != "base"})
     return data
 
 
-def _read_spec(path: Path) -> MethodSpec:
-    data = _read_toml(path)
+def _read_spec(path: Path, directory: Path) -> MethodSpec:
+    data = _read_toml(path, directory)
     family = data.get("family")
     if family not in FAMILIES:
         raise UserError(f"{path}: family {family!r} is not one of {', '.join(sorted(FAMILIES))}")
@@ -87,7 +87,7 @@ def method_specs(directory: Path = METHODS_DIR) -> dict[str, MethodSpec]:
     for path in paths:
         if path.stem in specs:
             raise UserError(f"{path}: method name {path.stem!r} is registered twice")
-        specs[path.stem] = _read_spec(path)
+        specs[path.stem] = _read_spec(path, directory)
     return specs
 
 
