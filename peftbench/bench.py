@@ -23,7 +23,7 @@ from .records import environment, write_json_atomic
 from .runner import DEFAULTS
 from .sam import SAM_SPECS, build_sam
 from .segmenter import SamSegmenter
-from .speed import CachedEncoder, encoder_is_frozen
+from .speed import CachedEncoder, checkpoint_blocks, encoder_is_frozen, use_sdpa
 from .train import Optimization, autocast, resolve_device, resolve_precision, training_loss
 
 BINARY = DatasetCard(name="random", kind="binary", source="bench", description="random inputs", num_classes=1,
@@ -45,6 +45,8 @@ class BenchOptions:
     out: Path = Path("benchmarks/results")
     seed: int = 0
     one_at_a_time: bool = False
+    attention: str = "original"  # or "sdpa"
+    checkpointing: bool = False
 
 
 def _sync(device: torch.device) -> None:
@@ -68,6 +70,10 @@ class Subject:
             self.model = SamSegmenter(build_sam(opts.sam, opts.image_size), num_classes=1)
             self.method = spec.build()
             self.method.attach(self.model)
+        if opts.attention == "sdpa":
+            use_sdpa(self.model)
+        if opts.checkpointing:
+            checkpoint_blocks(self.model)
         self.spec, self.device, self.precision = spec, device, precision
         size = self.model.img_size
         self.x = torch.randn(opts.batch, 3, size, size, device=device)
@@ -212,11 +218,13 @@ def run_bench(opts: BenchOptions, on_method=None) -> tuple[pd.DataFrame, dict]:
 
 def write_bench(table: pd.DataFrame, meta: dict, out: Path) -> list[Path]:
     s, d = meta["settings"], meta["device"]
-    stem = Path(out) / f"bench_{s['sam']}_{s['image_size']}px_b{s['batch']}_{s['precision']}_{d['type']}"
+    extras = ("_sdpa" if s["attention"] == "sdpa" else "") + ("_ckpt" if s["checkpointing"] else "")
+    stem = Path(out) / f"bench_{s['sam']}_{s['image_size']}px_b{s['batch']}_{s['precision']}{extras}_{d['type']}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     note = ("CPU run at a small image size: absolute times are not the paper's; compare ratios only."
             if d["type"] == "cpu" else f"Device: {d['name']}.")
     header = (f"# peftbench bench: SAM {s['sam']}, {s['image_size']} px, batch {s['batch']}, {s['precision']}, "
+              f"attention {s['attention']}, checkpointing {'on' if s['checkpointing'] else 'off'}, "
               f"{d['name']}\n\nms per training step (forward, loss, backward, optimizer) and per inference batch; "
               f"median of {s['repeats']} repeats ({s['order']}) of {s['iters']} iterations after "
               f"{s['warmup']} warm-up. Peak memory (CUDA only): the model's weights plus the peak above them. "

@@ -155,7 +155,7 @@ def _cmd_bench(args: argparse.Namespace, console: Console) -> int:
         image_size=_positive_int("--image-size", args.image_size) if args.image_size else None,
         precision=args.precision, device=args.device, warmup=_positive_int("--warmup", args.warmup),
         iters=_positive_int("--iters", args.iters), repeats=_positive_int("--repeats", args.repeats), out=Path(args.out),
-        one_at_a_time=args.one_at_a_time,
+        one_at_a_time=args.one_at_a_time, attention=args.attention, checkpointing=args.checkpointing,
     )
     table, meta = run_bench(opts, on_method=lambda name: console.print(f"bench: {name}", style="dim"))
     for path in write_bench(table, meta, opts.out):
@@ -184,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", default="2", help="untimed iterations first (default 2)")
     p.add_argument("--iters", default="5", help="iterations per repeat (default 5)")
     p.add_argument("--repeats", default="3", help="repeats; the median is reported (default 3)")
+    p.add_argument("--attention", default="original", choices=["original", "sdpa"])
+    p.add_argument("--checkpointing", action="store_true", help="activation checkpointing of the encoder blocks")
     p.add_argument("--one-at-a-time", action="store_true",
                    help="build and time one method after the other (default: all resident, repeats interleaved)")
     p.add_argument("--out", default="benchmarks/results")

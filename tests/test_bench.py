@@ -33,7 +33,8 @@ def test_bench_rejects_bad_flags_in_one_line(args, message, capsys):
 
 def test_bench_one_method_at_a_time_gives_the_same_table_shape():
     opts = BenchOptions(sam="tiny", methods="dora", batch=1, warmup=1, iters=1, repeats=1, device="cpu",
-                        one_at_a_time=True)
+                        one_at_a_time=True, attention="sdpa", checkpointing=True)
     table, meta = run_bench(opts)
+    assert meta["settings"]["attention"] == "sdpa" and meta["settings"]["checkpointing"]
     assert list(table["method"]) == ["lora", "decoder_only", "dora"] and meta["settings"]["order"] == "one method at a time"
     assert table["train_cached_ms"].notna().tolist() == [False, True, False]
