@@ -101,8 +101,8 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
                   f"(already recorded), {summary['failed']} failed")
     console.print(f"records: {opts.out / 'runs'}")
     for path in summary["tables"]:
-        if path.suffix in (".md", ".png"):
-            console.print(f"{'table' if path.suffix == '.md' else 'figure'}: {path}")
+        if path.suffix in (".md", ".html"):
+            console.print(f"{'report' if path.suffix == '.html' else 'table'}: {path}")
     return 1 if summary["failed"] else 0
 
 
@@ -136,10 +136,10 @@ def _cmd_params(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_tables(args: argparse.Namespace, console: Console) -> int:
-    from .figures import write_figures
+    from .report import build_report
     from .tables import write_tables
 
-    written = write_tables(Path(args.out)) + write_figures(Path(args.out))
+    written = write_tables(Path(args.out)) + build_report(Path(args.out), reference=args.reference)
     if not written:
         raise UserError(f"--out {args.out}: no run records under {Path(args.out) / 'runs'}; run `peftbench run` first")
     for path in written:
@@ -189,13 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--one-at-a-time", action="store_true",
                    help="build and time one method after the other (default: all resident, repeats interleaved)")
     p.add_argument("--out", default="benchmarks/results")
-    p = sub.add_parser("tables", help="re-render the tables from existing records")
-    p.add_argument("--out", default="results")
+    for name in ("report", "tables"):
+        p = sub.add_parser(name, help="rebuild every table, figure and results/report.html from the run records")
+        p.add_argument("--out", default="results")
+        p.add_argument("--reference", action="store_true",
+                       help="add the paper's published numbers beside ours where a column matches")
     return parser
 
 
 COMMANDS = {"run": _cmd_run, "methods": _cmd_methods, "datasets": _cmd_datasets, "params": _cmd_params,
-            "tables": _cmd_tables, "bench": _cmd_bench}
+            "tables": _cmd_tables, "report": _cmd_tables, "bench": _cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,6 +77,39 @@ def operations_figure(df: pd.DataFrame, dataset: str, stem: Path) -> list[Path]:
     return _save(fig, stem)
 
 
+def pareto_figure(records: list[dict], dataset: str, stem: Path) -> list[Path]:
+    """Test value of the dataset's selection metric against trainable parameters, mean ± std over seeds."""
+    rows = [{"method": r["method"], "params": r["params"]["trainable"], "value": r["metrics"]["test"][metric]}
+            for r in records if r["dataset"] == dataset and "test" in r["metrics"]
+            and (metric := r["selection"]["metric"]) in r["metrics"]["test"]]
+    if not rows:
+        return []
+    stats = pd.DataFrame(rows).groupby("method").agg(params=("params", "max"), mean=("value", "mean"),
+                                                     std=("value", "std")).fillna(0.0)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.errorbar(stats["params"], stats["mean"], yerr=stats["std"], fmt="o", capsize=2)
+    for method, row in stats.iterrows():
+        ax.annotate(method, (row["params"], row["mean"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    metric = next(r["selection"]["metric"] for r in records if r["dataset"] == dataset)
+    ax.set(xlabel="trainable parameters", ylabel=f"test {metric} (%)", title=f"{dataset}: quality vs parameters")
+    return _save(fig, stem)
+
+
+def throughput_figure(records: list[dict], stem: Path) -> list[Path]:
+    """Training micro-batch passes per second per method and dataset, mean ± std over seeds."""
+    df = pd.DataFrame([{"method": r["method"], "dataset": r["dataset"], "value": r["timing"]["train_iter_per_s"]}
+                       for r in records])
+    stats = df.groupby(["method", "dataset"], sort=False)["value"].agg(["mean", "std"]).fillna(0.0).reset_index()
+    fig, ax = plt.subplots(figsize=(7.0, 3.6))
+    stats.pivot(index="method", columns="dataset", values="mean").plot.bar(
+        ax=ax, yerr=stats.pivot(index="method", columns="dataset", values="std"), capsize=2, rot=30)
+    device = sorted({r["device"]["name"] for r in records})
+    ax.set(xlabel="", ylabel="training iter/s", title=f"training throughput ({', '.join(device)})")
+    ax.legend(fontsize=7)
+    return _save(fig, stem)
+
+
 def write_figures(out: Path) -> list[Path]:
     """Render every figure from the records under `out`/runs into `out`/figures. Returns the files written."""
     records = load_records(out)
@@ -91,6 +124,8 @@ def write_figures(out: Path) -> list[Path]:
     written.append(figures / "convergence.csv")
     for dataset in curves["dataset"].unique():
         written += convergence_figure(records, dataset, figures / f"convergence_{dataset}")
+        written += pareto_figure(records, dataset, figures / f"pareto_{dataset}")
+    written += throughput_figure(records, figures / "throughput")
     if not operations.empty:
         operations.to_csv(figures / "operations.csv", index=False)
         written.append(figures / "operations.csv")

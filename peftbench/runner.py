@@ -14,9 +14,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .data import DatasetCard
-from .figures import write_figures
 from .methods import MethodSpec
 from .records import config_hash, environment, is_complete, record_path, write_json_atomic
+from .report import build_report
 from .sam import spec_dict
 from .tables import write_tables
 from .train import resolve_device, resolve_precision, train_run
@@ -127,5 +127,5 @@ def run_grid(methods: list[MethodSpec], cards: list[DatasetCard], opts: GridOpti
                 summary["trained"] += 1
             progress.remove_task(run_task)
             progress.advance(overall)
-    summary["tables"] = write_tables(opts.out) + write_figures(opts.out)
+    summary["tables"] = write_tables(opts.out) + build_report(opts.out)
     return summary

@@ -1,0 +1,299 @@
+"""`peftbench report`: every table and figure rebuilt from the run records alone, and one self-contained HTML page.
+
+Tables follow the paper's layouts where their datasets were run (Table 1: binary benchmarks; Table 2: Trans10K-v1
+easy/hard; Table 3: Trans10K-v2 per category; Table 5: timing; Tables 6-9 and D1: ablation variants); every other
+dataset gets the generic layout. Each table is written as markdown, LaTeX (booktabs) and CSV.
+- A cell is mean ± std (ddof=1) over the seeds that finished; a cell with fewer seeds than the table's other cells
+  (the seeds asked) is marked "(n=k)", never silently averaged over fewer.
+- Per column the best cell is bold and the second best underlined (LaTeX) / italic (markdown), lower-is-better
+  metrics (BER, MAE, mBER) counted as such.
+- Significance of best vs second per column: a paired t-test over the seeds both finished (same seed = same data
+  order and initialisation) and a paired bootstrap over test images (10,000 resamples of the per-image values
+  averaged over common seeds; per-image metrics only). The best cell gets "§" (t-test) and/or "†" (bootstrap)
+  when p < 0.05, one-sided.
+- `--reference` adds the paper's published numbers (peftbench/reference/paper_results.csv, transcribed from its
+  Tables 1-3 and 5) as "paper: <method>" rows beside ours, where a column matches.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
+
+from .figures import write_figures
+from .methods import method_specs
+from .metrics import METRICS
+from .paths import ROOT
+from .records import load_records
+
+REFERENCE_FILE = ROOT / "peftbench" / "reference" / "paper_results.csv"
+LOWER_IS_BETTER = {name for name, m in METRICS.items() if not m.higher_is_better} | {
+    "mae", "mber", "train_min_per_epoch", "peak_memory_mib"}
+NON_PEFT = {"full_ft", "domain_specific", "sam_scratch", "translab", "trans2seg"}
+TABLE1_DATASETS = ["polyp/kvasir", "polyp/cvc", "isic2017", "cod/camo", "sbu", "leaf", "road"]
+TIMING = {"train_iter_per_s": "Train iter/s", "train_min_per_epoch": "Train min/epoch",
+          "infer_img_per_s": "Inference img/s", "peak_memory_mib": "Peak memory (MiB)"}
+
+
+@dataclass
+class Table:
+    """One table: a title, its columns as (dataset label, metric) and the methods in row order."""
+
+    name: str
+    caption: str
+    columns: list[tuple[str, str]]
+    methods: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+def long_frame(records: list[dict]) -> pd.DataFrame:
+    """One row per (method, dataset label, metric, seed) with the test value; timing metrics included."""
+    rows = []
+    for r in records:
+        for test, values in r["metrics"].items():
+            label = r["dataset"] if test == "test" else f"{r['dataset']}/{test}"
+            rows += [{"method": r["method"], "dataset": label, "metric": m, "seed": r["seed"], "value": v}
+                     for m, v in values.items()]
+        rows += [{"method": r["method"], "dataset": r["dataset"], "metric": m, "seed": r["seed"], "value": v}
+                 for m, v in r["timing"].items() if m in TIMING]
+    return pd.DataFrame(rows, columns=["method", "dataset", "metric", "seed", "value"])
+
+
+def per_image(records: list[dict]) -> dict[tuple, dict[int, np.ndarray]]:
+    """(method, dataset label, metric) -> {seed: per-image values in test-set order}."""
+    out: dict[tuple, dict[int, np.ndarray]] = {}
+    for r in records:
+        for test, values in r.get("per_image", {}).items():
+            label = r["dataset"] if test == "test" else f"{r['dataset']}/{test}"
+            for metric, v in values.items():
+                out.setdefault((r["method"], label, metric), {})[r["seed"]] = 100.0 * np.asarray(v, dtype=float)
+    return out
+
+
+def paired_t_p(a: dict[int, float], b: dict[int, float], higher: bool) -> float | None:
+    """One-sided p of 'a better than b' over the seeds both have (None with fewer than 2 common seeds)."""
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return None
+    diff = np.array([a[s] - b[s] for s in seeds]) * (1 if higher else -1)
+    if np.allclose(diff, diff[0]):
+        return 0.0 if diff[0] > 0 else 1.0
+    return float(scipy_stats.ttest_1samp(diff, 0.0, alternative="greater").pvalue)
+
+
+def paired_bootstrap_p(a: dict[int, np.ndarray], b: dict[int, np.ndarray], higher: bool, resamples: int = 10_000,
+                       seed: int = 0) -> float | None:
+    """One-sided p of 'a better than b': resample test images, compare means of per-image values (averaged over
+    the seeds both have). None without common seeds or with different test sets."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds or any(len(a[s]) != len(b[s]) for s in seeds):
+        return None
+    diff = (np.mean([a[s] for s in seeds], axis=0) - np.mean([b[s] for s in seeds], axis=0)) * (1 if higher else -1)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
+    return float((np.sum(means <= 0) + 1) / (resamples + 1))
+
+
+def column_stats(df: pd.DataFrame, images: dict, table: Table, seeds_asked: int) -> pd.DataFrame:
+    """Per (method, column): mean, std, n, rank marks and the significance of best vs second."""
+    rows = []
+    for dataset, metric in table.columns:
+        sub = df[(df["dataset"] == dataset) & (df["metric"] == metric) & df["method"].isin(table.methods)]
+        higher = metric not in LOWER_IS_BETTER
+        by_method = {m: dict(zip(g["seed"], g["value"])) for m, g in sub.groupby("method")}
+        stats = [{"method": m, "dataset": dataset, "metric": metric, "mean": np.mean(list(v.values())),
+                  "std": np.std(list(v.values()), ddof=1) if len(v) > 1 else float("nan"), "n": len(v),
+                  "n_asked": seeds_asked} for m, v in by_method.items()]
+        order = sorted(stats, key=lambda s: s["mean"], reverse=higher)
+        distinct = sorted({round(s["mean"], 10) for s in stats}, reverse=higher)
+        for s in stats:  # ties share a rank
+            rank = distinct.index(round(s["mean"], 10))
+            s.update(best=rank == 0, second=rank == 1, p_seeds=None, p_images=None)
+        if len(order) >= 2:
+            best, second = order[0], order[1]
+            best["p_seeds"] = paired_t_p(by_method[best["method"]], by_method[second["method"]], higher)
+            key_a, key_b = (best["method"], dataset, metric), (second["method"], dataset, metric)
+            if key_a in images and key_b in images:
+                best["p_images"] = paired_bootstrap_p(images[key_a], images[key_b], higher)
+        rows += stats
+    return pd.DataFrame(rows)
+
+
+def _number(value: float, metric: str) -> str:
+    return f"{value:.3g}" if metric in TIMING else f"{value:.2f}"
+
+
+def _cell(s: pd.Series | None, latex: bool) -> str:
+    if s is None:
+        return "–"
+    std = "" if pd.isna(s["std"]) else (r" $\pm$ " if latex else " ± ") + _number(s["std"], s["metric"])
+    text = _number(s["mean"], s["metric"]) + std
+    if s["best"]:
+        text = rf"\textbf{{{text}}}" if latex else f"**{text}**"
+    elif s["second"]:
+        text = rf"\underline{{{text}}}" if latex else f"_{text}_"
+    marks = ("§" if s.get("p_seeds") is not None and s["p_seeds"] < 0.05 else "") + \
+            ("†" if s.get("p_images") is not None and s["p_images"] < 0.05 else "")
+    if marks:
+        text += "$^{" + marks.replace("§", r"\S").replace("†", r"\dagger") + "}$" if latex else " " + marks
+    if s["n"] < s["n_asked"]:
+        text += f" (n={s['n']})"
+    return text
+
+
+def _latex_escape(text: str) -> str:
+    return "".join("\\" + c if c in "&%$#_{}" else c for c in text)
+
+
+def render(table: Table, stats: pd.DataFrame, reference: pd.DataFrame | None, params: dict[str, str]) -> dict:
+    """{"md": ..., "tex": ...} for `table`."""
+    lookup = {(r["method"], r["dataset"], r["metric"]): r for _, r in stats.iterrows()}
+    groups = [("Non-PEFT methods", [m for m in table.methods if m in NON_PEFT]),
+              ("PEFT methods", [m for m in table.methods if m not in NON_PEFT])]
+    ref_rows = []
+    if reference is not None:
+        for method in dict.fromkeys(reference["method"]):
+            values = {(d, m): v for d, m, v in reference[reference["method"] == method][["dataset", "metric", "value"]]
+                      .itertuples(index=False)}
+            cells = [values.get(c) for c in table.columns]
+            if any(v is not None for v in cells):
+                ref_rows.append((f"paper: {method}", ["–" if v is None else str(v) for v in cells]))
+    header = ["method", "Params(M)/Ratio(%)", *[f"{d} {m}" for d, m in table.columns]]
+    md = [f"{table.caption}\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    ncol = len(header)
+    datasets = list(dict.fromkeys(d for d, _ in table.columns))
+    tex = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_latex_escape(table.caption)}}}",
+           rf"\label{{tab:{table.name}}}", r"\begin{tabular}{ll" + "c" * len(table.columns) + "}", r"\toprule",
+           " & & " + " & ".join(rf"\multicolumn{{{sum(d == x for x, _ in table.columns)}}}{{c}}{{{_latex_escape(d)}}}"
+                                  for d in datasets) + r" \\",
+           "Method & Params(M)/Ratio(\\%) & " + " & ".join(_latex_escape(m) for _, m in table.columns) + r" \\"]
+    for title, methods in groups:
+        if not methods:
+            continue
+        md.append(f"| *{title}* |" + " |" * (ncol - 1))
+        tex += [r"\midrule", rf"\multicolumn{{{ncol}}}{{l}}{{\textit{{{title}}}}} \\"]
+        for method in methods:
+            cells = [lookup.get((method, d, m)) for d, m in table.columns]
+            md.append("| " + " | ".join([method, params.get(method, ""), *[_cell(c, False) for c in cells]]) + " |")
+            tex.append(" & ".join([_latex_escape(method), _latex_escape(params.get(method, "")),
+                                   *[_cell(c, True) for c in cells]]) + r" \\")
+    if ref_rows:
+        md.append("| *Published (paper)* |" + " |" * (ncol - 1))
+        tex += [r"\midrule", rf"\multicolumn{{{ncol}}}{{l}}{{\textit{{Published (paper)}}}} \\"]
+        for name, cells in ref_rows:
+            md.append("| " + " | ".join([name, "", *cells]) + " |")
+            tex.append(" & ".join([_latex_escape(name), "", *cells]) + r" \\")
+    footnote = ("Mean ± std (ddof=1) over seeds; bold best, " + "italic" + " second best per column "
+                "(BER, MAE, mBER, min/epoch, memory: lower is better). § best beats second by a one-sided paired t-test "
+                "over seeds, "
+                "† by a paired bootstrap over test images (10,000 resamples), p < 0.05. (n=k): only k seeds finished.")
+    md += ["", footnote, *table.notes]
+    tex += [r"\bottomrule", r"\end{tabular}",
+            r"\par\footnotesize " + _latex_escape(footnote.replace("italic", "underlined")).replace("±", r"$\pm$")
+            .replace("†", r"$\dagger$").replace("§", r"\S{}"),
+            r"\end{table}"]
+    return {"md": "\n".join(md) + "\n", "tex": "\n".join(tex) + "\n"}
+
+
+def _params(records: list[dict]) -> dict[str, str]:
+    out: dict[str, list] = {}
+    for r in records:
+        out.setdefault(r["method"], []).append(r["params"])
+    return {m: f"{max(p['trainable'] for p in v) / 1e6:.3f}/{max(p['ratio_percent'] for p in v):.2f}%"
+            for m, v in out.items()}
+
+
+def plan_tables(records: list[dict], df: pd.DataFrame) -> list[Table]:
+    """The tables these records can fill, in the paper's layouts where their datasets are present."""
+    registry = method_specs()  # which paper table a variant belongs to (a method no longer registered: none)
+    ablations = {r["method"]: registry[r["method"]].ablation if r["method"] in registry else "" for r in records}
+    main = [m for m in dict.fromkeys(r["method"] for r in records) if not ablations.get(m)]
+    quality = df[~df["metric"].isin(TIMING) & ~df["metric"].str.startswith("iou_class")]
+    columns = list(dict.fromkeys(zip(quality["dataset"], quality["metric"])))
+    binary = {r["dataset"] for r in records if r["config"]["dataset"]["kind"] == "binary"}
+    tables = []
+    table1 = [c for c in columns if c[0].split("/")[0] in binary]
+    table1.sort(key=lambda c: (TABLE1_DATASETS.index(c[0]) if c[0] in TABLE1_DATASETS else len(TABLE1_DATASETS)))
+    if table1:
+        tables.append(Table("table1_binary", "Binary semantic segmentation (the paper's Table 1 layout), test %.",
+                            table1, main))
+    every = list(dict.fromkeys(zip(df["dataset"], df["metric"])))  # per-category IoUs included
+    for name, prefix, caption in [("table2_trans10k_v1", "trans10k_v1", "Trans10K-v1 easy / hard (Table 2 layout)"),
+                                  ("table3_trans10k_v2", "trans10k_v2", "Trans10K-v2 per category (Table 3 layout)")]:
+        cols = [c for c in every if c[0].split("/")[0] == prefix and c[1] not in TIMING]
+        if cols:
+            tables.append(Table(name, caption + ", test %.", cols, main))
+    others = [c for c in columns if c not in table1 and c[0].split("/")[0] not in ("trans10k_v1", "trans10k_v2")]
+    if others:
+        tables.append(Table("table_multiclass", "Multi-class semantic segmentation, test %.", others, main))
+    timing = list(dict.fromkeys((d, m) for d, m in zip(df["dataset"], df["metric"]) if m in TIMING))
+    if timing:
+        tables.append(Table("table5_timing", "Training and inference cost (the paper's Table 5 layout).", timing,
+                            main, ["Absolute timings are only comparable on one device; see `peftbench bench`."]))
+    for ablation in sorted({a for a in ablations.values() if a}):
+        variants = [m for m, a in ablations.items() if a == ablation]
+        base = [m for m in ("nas_lora", "nas_pc_lora") if m in main]
+        cols = [c for c in columns if not df[(df["method"].isin(variants)) & (df["dataset"] == c[0])].empty]
+        tables.append(Table(f"ablation_{ablation.lower().replace(' ', '')}", f"Ablation: paper {ablation}.", cols,
+                            base + variants))
+    return tables
+
+
+def _figure_html(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}"><figcaption>' \
+           f"{html.escape(path.stem)}</figcaption></figure>"
+
+
+def write_html(out: Path, tables: list[tuple[Table, dict]], figures: list[Path]) -> Path:
+    """results/report.html: every table (from its markdown) and every PNG inlined; no external assets."""
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>peftbench report</title><style>"
+             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:12px}"
+             "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:640px}</style></head><body>",
+             "<h1>peftbench report</h1>"]
+    for table, rendered in tables:
+        lines = rendered["md"].splitlines()
+        parts.append(f"<h2>{html.escape(table.name)}</h2><p>{html.escape(lines[0])}</p><table>")
+        rows = [ln for ln in lines if ln.startswith("|") and not ln.startswith("|---")]
+        for i, line in enumerate(rows):
+            tag = "th" if i == 0 else "td"
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            parts.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
+        parts.append("</table>" + "".join(f"<p>{html.escape(n)}</p>" for n in lines if n and not n.startswith("|"))[1:])
+    parts.append("<h2>Figures</h2>")
+    parts += [_figure_html(p) for p in figures if p.suffix == ".png"]
+    parts.append("</body></html>")
+    path = Path(out) / "report.html"
+    path.write_text("\n".join(parts))
+    return path
+
+
+def build_report(out: Path, reference: bool = False) -> list[Path]:
+    """Rebuild every table, figure and the HTML page from the records under `out`/runs. Returns the files."""
+    records = load_records(out)
+    if not records:
+        return []
+    df, images = long_frame(records), per_image(records)
+    seeds_asked = len({r["seed"] for r in records})
+    ref = pd.read_csv(REFERENCE_FILE, dtype=str) if reference else None
+    params = _params(records)
+    folder = Path(out) / "tables"
+    folder.mkdir(parents=True, exist_ok=True)
+    written, rendered = [], []
+    for table in plan_tables(records, df):
+        stats = column_stats(df, images, table, seeds_asked)
+        text = render(table, stats, ref, params)
+        rendered.append((table, text))
+        for ext in ("md", "tex"):
+            (folder / f"{table.name}.{ext}").write_text(text[ext])
+            written.append(folder / f"{table.name}.{ext}")
+        stats.to_csv(folder / f"{table.name}.csv", index=False)
+        written.append(folder / f"{table.name}.csv")
+    figures = write_figures(out)
+    return written + figures + [write_html(out, rendered, figures)]

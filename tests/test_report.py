@@ -1,0 +1,126 @@
+"""`peftbench report` on constructed records: ranks, ties, lower-is-better, missing seeds, significance, LaTeX
+structure, the paper's reference rows and the self-contained HTML page."""
+
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+
+from peftbench.cli import main
+from peftbench.records import record_path, write_json_atomic
+from peftbench.report import build_report, paired_bootstrap_p, paired_t_p
+
+IMAGES = 20
+
+
+def write_record(out, method, dataset, seed, iou, ber, rng):
+    per_image_iou = np.clip(iou / 100 + 0.05 * rng.standard_normal(IMAGES), 0, 1)
+    per_image_iou += iou / 100 - per_image_iou.mean()  # exact mean, so the table value is `iou`
+    record = {
+        "method": method, "dataset": dataset, "seed": seed,
+        "metrics": {"test": {"iou": iou, "ber": ber}},
+        "per_image": {"test": {"iou": per_image_iou.tolist(), "ber": [ber / 100] * IMAGES}},
+        "params": {"trainable": 1000, "ratio_percent": 0.1, "total": 10**6, "sam_total": 10**6},
+        "timing": {"train_iter_per_s": 10.0 + seed, "train_min_per_epoch": 1.0, "infer_img_per_s": 20.0,
+                   "peak_memory_mib": 100.0, "inference_model": "merged"},
+        "config": {"dataset": {"kind": "binary"}, "method": {"name": method}},
+        "selection": {"metric": "iou"}, "device": {"name": "cpu"},
+        "history": [{"epoch": 0, "val": {"iou": iou - 5}}, {"epoch": 1, "val": {"iou": iou}}],
+    }
+    write_json_atomic(record_path(out, dataset, method, seed), record)
+
+
+@pytest.fixture
+def results(tmp_path):
+    rng = np.random.default_rng(0)
+    for seed in range(3):
+        write_record(tmp_path, "lora", "leaf", seed, 70.0 + seed, 5.0, rng)  # best IoU, worst BER
+        write_record(tmp_path, "dora", "leaf", seed, 60.0 + seed, 3.0, rng)  # ties with vera on BER
+        write_record(tmp_path, "vera", "leaf", seed, 50.0 + seed, 3.0, rng)
+    write_record(tmp_path, "bitfit", "leaf", 0, 40.0, 9.0, rng)  # one seed of three
+    return tmp_path
+
+
+def test_table_marks_best_second_ties_lower_is_better_and_missing_seeds(results):
+    build_report(results)
+    md = (results / "tables" / "table1_binary.md").read_text()
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[3:-1]] for line in md.splitlines()
+            if line.startswith("| ") and not line.startswith("| *") and not line.startswith("| method")}
+    ber, iou = 0, 1  # columns in the order the records list them
+    assert rows["lora"][iou].startswith("**71.00 ± 1.00**") and rows["dora"][iou].startswith("_61.00 ± 1.00_")
+    assert rows["dora"][ber].startswith("**3.00") and rows["vera"][ber].startswith("**3.00")  # a tie: both best
+    assert rows["lora"][ber].startswith("_5.00")  # lower is better: 5 is second after the tied 3s
+    assert rows["bitfit"][iou] == "40.00 (n=1)" and "(n=" not in rows["lora"][iou]
+
+
+def test_latex_is_structurally_sound(results):
+    build_report(results)
+    tex = (results / "tables" / "table1_binary.tex").read_text()
+    assert tex.count("{") == tex.count("}") and tex.count(r"\begin{") == tex.count(r"\end{")
+    body = tex.split(r"\midrule")[1].split(r"\bottomrule")[0]
+    methods = [line.split(" & ")[0] for line in body.splitlines() if " & " in line]
+    assert sorted(methods) == ["bitfit", "dora", "lora", "vera"]
+    assert all(line.count(" & ") == 3 for line in body.splitlines() if " & " in line)  # method, params, 2 metrics
+
+
+def test_significance_tests_on_constructed_cases():
+    assert paired_t_p({0: 80, 1: 81, 2: 79}, {0: 70, 1: 72, 2: 69}, higher=True) < 0.01
+    assert paired_t_p({0: 80, 1: 81, 2: 79}, {0: 80, 1: 81, 2: 79}, higher=True) == 1.0
+    assert paired_t_p({0: 3.0, 1: 3.1}, {0: 5.0, 1: 5.3}, higher=False) < 0.1  # lower is better
+    assert paired_t_p({0: 1.0}, {0: 0.0}, higher=True) is None  # one common seed: no test
+    rng = np.random.default_rng(1)
+    base = rng.random(50)
+    better = {0: base + 0.1 + 0.01 * rng.standard_normal(50)}
+    assert paired_bootstrap_p(better, {0: base}, higher=True) < 0.01
+    assert paired_bootstrap_p({0: base}, {0: base + 0.01 * rng.standard_normal(50)}, higher=True) > 0.05
+    assert paired_bootstrap_p({0: base}, {0: base[:10]}, higher=True) is None  # different test sets
+
+
+def test_best_cell_gets_significance_marks_when_it_clearly_wins(results):
+    build_report(results)
+    md = (results / "tables" / "table1_binary.md").read_text()
+    lora_iou = next(line for line in md.splitlines() if line.startswith("| lora")).split("|")[4]
+    assert "§" in lora_iou and "†" in lora_iou  # 10 points over dora on every seed and image set
+
+
+def test_reference_rows_and_html_page(results):
+    assert main(["report", "--out", str(results), "--reference"]) == 0
+    md = (results / "tables" / "table1_binary.md").read_text()
+    assert "| paper: lora |  | – | 73.7 |" in md  # the paper's Table 1 leaf IoU beside ours
+    page = (results / "report.html").read_text()
+
+    class Collect(HTMLParser):
+        tags, sources = [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            self.sources += [v for k, v in attrs if k in ("src", "href")]
+
+    parser = Collect()
+    parser.feed(page)
+    assert parser.tags.count("table") >= 2 and parser.tags.count("img") >= 3
+    assert all(s.startswith("data:image/png;base64,") for s in parser.sources)  # no external assets
+
+
+def test_report_without_records_is_a_one_line_error(tmp_path, capsys):
+    assert main(["report", "--out", str(tmp_path)]) == 2
+    assert "no run records" in capsys.readouterr().err
+
+
+def test_paper_layouts_for_trans10k_and_ablation_tables(tmp_path):
+    rng = np.random.default_rng(0)
+    for seed in range(2):
+        for method, base in (("nas_pc_lora", 60.0), ("nas_pc_lora_r6", 62.0)):
+            write_record(tmp_path, method, "leaf", seed, base + seed, 4.0, rng)
+    record = {"method": "lora", "dataset": "trans10k_v2", "seed": 0, "per_image": {},
+              "metrics": {"test": {"acc": 95.0, "miou": 60.0, "iou_class0": 97.0, "iou_class1": 40.0}},
+              "params": {"trainable": 1, "ratio_percent": 0.1}, "timing": {"train_iter_per_s": 1.0},
+              "config": {"dataset": {"kind": "multiclass"}}, "selection": {"metric": "miou"},
+              "device": {"name": "cpu"}, "history": [{"epoch": 0, "val": {"miou": 50.0}}]}
+    write_json_atomic(record_path(tmp_path, "trans10k_v2", "lora", 0), record)
+    build_report(tmp_path)
+    table3 = (tmp_path / "tables" / "table3_trans10k_v2.md").read_text()
+    assert "trans10k_v2 iou_class1" in table3 and "trans10k_v2 miou" in table3
+    ablation = (tmp_path / "tables" / "ablation_table7.md").read_text()
+    assert "| nas_pc_lora |" in ablation and "| nas_pc_lora_r6 |" in ablation
+    assert "nas_pc_lora_r6" not in (tmp_path / "tables" / "table1_binary.md").read_text()
