@@ -215,7 +215,16 @@ def plan_tables(records: list[dict], df: pd.DataFrame) -> list[Table]:
     ablations = {r["method"]: registry[r["method"]].ablation if r["method"] in registry else "" for r in records}
     main = [m for m in dict.fromkeys(r["method"] for r in records) if not ablations.get(m)]
     quality = df[~df["metric"].isin(TIMING) & ~df["metric"].str.startswith("iou_class")]
+    # Metrics in the order the dataset card lists them (the paper's column order), datasets in order of appearance.
+    card_order = {r["dataset"]: r["config"]["dataset"].get("metrics", []) for r in records}
     columns = list(dict.fromkeys(zip(quality["dataset"], quality["metric"])))
+    position = {d: i for i, d in enumerate(dict.fromkeys(d for d, _ in columns))}
+
+    def order(column: tuple[str, str]) -> tuple:
+        metrics = card_order.get(column[0].split("/")[0], [])
+        return position[column[0]], metrics.index(column[1]) if column[1] in metrics else len(metrics)
+
+    columns.sort(key=order)
     binary = {r["dataset"] for r in records if r["config"]["dataset"]["kind"] == "binary"}
     tables = []
     table1 = [c for c in columns if c[0].split("/")[0] in binary]
