@@ -98,7 +98,7 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
                   f"on SAM {opts.sam} -> {opts.out}")
     summary = run_grid(methods, cards, opts, console)
     console.print(f"done in {time.time() - start:.0f} s: {summary['trained']} trained, {summary['skipped']} skipped "
-                  f"(already recorded), {summary['failed']} failed")
+                  f"(already recorded), {summary['claimed']} left to another process, {summary['failed']} failed")
     console.print(f"records: {opts.out / 'runs'}")
     for path in summary["tables"]:
         if path.suffix in (".md", ".html"):

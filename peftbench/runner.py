@@ -17,6 +17,7 @@ from .data import DatasetCard
 from .methods import MethodSpec
 from .records import config_hash, environment, is_complete, record_path, write_json_atomic
 from .report import build_report
+from .resume import claim, release
 from .sam import spec_dict
 from .tables import write_tables
 from .train import resolve_device, resolve_precision, train_run
@@ -85,7 +86,7 @@ def _progress(console: Console) -> Progress:
 def run_grid(methods: list[MethodSpec], cards: list[DatasetCard], opts: GridOptions, console: Console) -> dict:
     """Train every missing run, then render the tables. Returns counts of done, skipped and failed runs."""
     grid = [(c, m, s) for c in cards for m in methods for s in opts.seeds]
-    summary = {"trained": 0, "skipped": 0, "failed": 0, "tables": []}
+    summary = {"trained": 0, "skipped": 0, "claimed": 0, "failed": 0, "tables": []}
     env = environment()
     with _progress(console) as progress:
         overall = progress.add_task("grid", total=len(grid))
@@ -93,10 +94,17 @@ def run_grid(methods: list[MethodSpec], cards: list[DatasetCard], opts: GridOpti
             label = f"{card.name} / {method.name} / seed {seed}"
             config = resolve_config(method, card, seed, opts)
             path = record_path(opts.out, card.name, method.name, seed)
-            if is_complete(path, config):
+            lock = Path(opts.out) / "locks" / card.name / method.name / f"seed{seed}.lock"
+            if is_complete(path, config) or not claim(lock):
+                summary["skipped" if is_complete(path, config) else "claimed"] += 1
+                progress.advance(overall)
+                continue
+            if is_complete(path, config):  # finished by another process between the check and the claim
+                release(lock)
                 summary["skipped"] += 1
                 progress.advance(overall)
                 continue
+            checkpoint = Path(opts.out) / "checkpoints" / card.name / method.name / f"seed{seed}.pt"
             run_task = progress.add_task(label, total=None)
 
             def on_step(epoch: int, step: int, steps: int, loss: float, groups: list, task=run_task, label=label,
@@ -106,8 +114,9 @@ def run_grid(methods: list[MethodSpec], cards: list[DatasetCard], opts: GridOpti
 
             start = time.time()
             try:
-                result = train_run(config, card, method, on_step)
+                result = train_run(config, card, method, on_step, checkpoint=checkpoint, lock=lock)
             except (KeyboardInterrupt, SystemExit):
+                release(lock)
                 raise
             except Exception:  # one broken run must not lose the others; its traceback is kept
                 log = Path(opts.out) / "failed" / card.name / method.name / f"seed{seed}.log"
@@ -124,7 +133,9 @@ def run_grid(methods: list[MethodSpec], cards: list[DatasetCard], opts: GridOpti
                     "wall_time_s": time.time() - start,
                 }
                 write_json_atomic(path, record)
+                checkpoint.unlink(missing_ok=True)
                 summary["trained"] += 1
+            release(lock)
             progress.remove_task(run_task)
             progress.advance(overall)
     summary["tables"] = write_tables(opts.out) + build_report(opts.out)

@@ -14,6 +14,7 @@ import resource
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,6 +26,8 @@ from .losses import bce_dice, multiclass_loss
 from .methods import Method, MethodSpec
 from .methods.base import trainable_state
 from .metrics import BinaryMeter, MulticlassMeter, spec
+from .records import config_hash
+from .resume import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .sam import load_sam, official_param_count
 from .segmenter import SamSegmenter
 from .speed import CachedEncoder, checkpoint_blocks, encoder_is_frozen, use_sdpa
@@ -108,6 +111,17 @@ class Optimization:
             opt, (lambda s: 1.0) if own.get(name, {}).get("schedule") == "constant" else linear)
             for name, opt in self.optimizers.items()}
         self.scaler = torch.amp.GradScaler(device.type, enabled=config["precision"] == "fp16")
+
+    def state_dict(self) -> dict:
+        return {"optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+                "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()}, "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        for name, sched in self.schedulers.items():
+            sched.load_state_dict(state["schedulers"][name])
+        self.scaler.load_state_dict(state["scaler"])
 
     def set_trainable(self, active: list[str]) -> None:
         for name, params in self.groups.items():
@@ -195,8 +209,12 @@ def _peak_memory_mib(device: torch.device) -> dict:
     return {"peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "memory_kind": "process_peak_rss"}
 
 
-def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step: StepCallback | None = None) -> dict:
-    """Train, select on validation, test. Returns the record fields metrics, per_image, params, timing, history."""
+def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step: StepCallback | None = None,
+              checkpoint: Path | None = None, lock: Path | None = None) -> dict:
+    """Train, select on validation, test. Returns the record fields metrics, per_image, params, timing, history.
+
+    With `checkpoint`, the state after every epoch is saved there and a run finding one continues from it.
+    """
     device = resolve_device(config["device"])
     seed_everything(config["seed"])
     model, method = build_model(config, card, method_spec)
@@ -249,7 +267,18 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
     select = spec(card.select_metric, card.kind)
     best_score, best_state, best_epoch, stale = None, None, -1, 0
     history, train_time, passes, train_images = [], 0.0, 0, 0
-    for epoch in range(config["epochs"]):
+    saved = load_checkpoint(checkpoint, config_hash(config)) if checkpoint else None
+    if saved:  # continue after the last finished epoch of a killed run
+        model.load_state_dict(saved["model"], strict=False)
+        optimization.load_state_dict(saved["optimization"])
+        best_score, best_state, best_epoch, stale = saved["best_score"], saved["best_state"], saved["best_epoch"], \
+            saved["stale"]
+        history, train_time, passes, train_images = saved["history"], saved["train_time"], saved["passes"], \
+            saved["train_images"]
+        set_rng_state(saved["rng"], loader_gen)
+    for epoch in range(len(history), config["epochs"]):
+        if stale >= config["patience"]:
+            break
         model.train()
         epoch_start, epoch_passes = time.perf_counter(), 0
         losses = []
@@ -284,8 +313,12 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
             best_state = trainable_state(model)
         else:
             stale += 1
-            if stale >= config["patience"]:
-                break
+        if checkpoint:
+            save_checkpoint(checkpoint, {
+                "config_hash": config_hash(config), "model": trainable_state(model),
+                "optimization": optimization.state_dict(), "best_score": best_score, "best_state": best_state,
+                "best_epoch": best_epoch, "stale": stale, "history": history, "train_time": train_time,
+                "passes": passes, "train_images": train_images, "rng": rng_state(loader_gen)}, lock)
     model.load_state_dict(best_state, strict=False)
     statistics = method.statistics(model)  # of the selected (tested) weights, before any merge
     if cache is not None:  # the test measures the real model's inference: no cached embeddings

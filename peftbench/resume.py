@@ -1,0 +1,98 @@
+"""Runs that survive: a claim (lock file) per run and a checkpoint at the end of every epoch.
+
+- `claim(path)`: creates the run's lock file atomically (O_EXCL) holding host, pid and start time, so two
+  processes, or two machines sharing the results folder, never train the same run. A lock left by a process that
+  no longer exists on this host is stale and taken over; a lock of another host is trusted while its file was
+  touched in the last `STALE_AFTER_S` seconds (every checkpoint touches it).
+- `save_checkpoint` / `load_checkpoint`: model state (trainable parameters and buffers), optimizers, schedules,
+  loss scaler, selection state, history, counters and every random-number state (Python, NumPy, torch CPU/CUDA,
+  the data-order generator), written atomically. A killed run continues after its last finished epoch; on the
+  CPU its final record equals an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+STALE_AFTER_S = 6 * 3600
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim(path: Path) -> bool:
+    """Take the run's lock; False if a live process (here or on another host) holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text())
+                age = time.time() - path.stat().st_mtime
+            except (OSError, ValueError):  # a lock being written right now, or removed meanwhile
+                return False
+            same_host = holder.get("host") == me["host"]
+            if (same_host and _alive(int(holder.get("pid", -1)))) or (not same_host and age < STALE_AFTER_S):
+                return False
+            path.unlink(missing_ok=True)  # stale: its owner is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return True
+    return False
+
+
+def release(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def rng_state(loader_generator: torch.Generator) -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "loader": loader_generator.get_state()}
+
+
+def set_rng_state(state: dict, loader_generator: torch.Generator) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    loader_generator.set_state(state["loader"])
+
+
+def save_checkpoint(path: Path, state: dict, lock: Path | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    if lock is not None and lock.exists():
+        os.utime(lock)  # heartbeat for other hosts
+
+
+def load_checkpoint(path: Path, config_hash: str) -> dict | None:
+    """The checkpoint at `path` if it belongs to this exact config; None otherwise (then training starts over)."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: RNG tuples and arrays
+    except Exception:  # a checkpoint from a crashed writer or an older version: start over
+        return None
+    return state if state.get("config_hash") == config_hash else None

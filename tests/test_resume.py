@@ -1,0 +1,61 @@
+"""Runs that survive: a killed grid resumes from its last epoch with the same final record; runs are claimed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from peftbench.cli import main
+from peftbench.records import record_path
+from peftbench.resume import claim, release
+
+ARGS = ["--device", "cpu", "--datasets", "synth_road", "--methods", "lora", "--seeds", "0"]
+
+
+def untimed(record):
+    return [{k: v for k, v in h.items() if k != "train_s"} for h in record["history"]]
+
+
+def test_a_run_killed_mid_training_resumes_to_the_uninterrupted_record(tmp_path):
+    args = [*ARGS, "--epochs", "12"]
+    assert main(["run", *args, "--out", str(tmp_path / "straight")]) == 0
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "run_all.py", *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = out / "checkpoints" / "synth_road" / "lora" / "seed0.pt"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)  # kill -9 after the first finished epoch
+    proc.wait()
+    assert checkpoint.exists() and not record_path(out, "synth_road", "lora", 0).exists()
+    assert (out / "locks" / "synth_road" / "lora" / "seed0.lock").exists()  # left behind by the dead process
+    assert main(["run", *args, "--out", str(out)]) == 0  # takes the stale lock over and continues
+    straight, resumed = (json.loads(record_path(d, "synth_road", "lora", 0).read_text()) for d in (tmp_path / "straight", out))
+    assert resumed["metrics"] == straight["metrics"] and untimed(resumed) == untimed(straight)
+    assert not checkpoint.exists() and not (out / "locks" / "synth_road" / "lora" / "seed0.lock").exists()
+
+
+def test_two_concurrent_grids_train_each_run_once(tmp_path):
+    args = ["--device", "cpu", "--datasets", "synth_road", "--methods", "lora,decoder_only", "--seeds", "0,1",
+            "--epochs", "2", "--out", str(tmp_path)]
+    procs = [subprocess.Popen([sys.executable, "run_all.py", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    trained = sum(int(o.split("done in")[1].split(":")[1].split("trained")[0]) for o in outputs)
+    assert trained == 4
+    assert len(list((tmp_path / "runs").glob("*/*/seed*.json"))) == 4
+
+
+def test_claims_respect_live_owners_and_take_over_dead_ones(tmp_path):
+    lock = tmp_path / "run.lock"
+    assert claim(lock) and not claim(lock)  # held by this live process
+    release(lock)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    holder = json.loads(json.dumps({"host": os.uname().nodename, "pid": dead.pid, "started": 0}))
+    lock.write_text(json.dumps(holder))
+    assert claim(lock) and json.loads(lock.read_text())["pid"] == os.getpid()
