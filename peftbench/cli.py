@@ -29,6 +29,16 @@ def _positive_int(flag: str, value: str) -> int:
     return n
 
 
+def _nonnegative_float(flag: str, value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        x = -1.0
+    if not x >= 0:
+        raise UserError(f"{flag} {value!r}: expected a number of seconds >= 0")
+    return x
+
+
 def _seeds(value: str) -> list[int]:
     try:
         seeds = [int(s) for s in value.split(",") if s.strip()]
@@ -63,6 +73,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inference", default="auto", choices=["auto", "merged", "unmerged"],
                    help="model tested: auto (default) merges where the merge is exact and tests the exact unmerged "
                         "model otherwise; merged also tests approximate merges; unmerged never merges")
+    p.add_argument("--checkpoint-interval", default="30",
+                   help="seconds between mid-run checkpoints, written after an epoch (default 30; 0: every epoch)")
     p.add_argument("--data-root", default=None, help="folder holding the datasets (default: datasets/)")
     p.add_argument("--out", default="results", help="output folder (default results)")
 
@@ -84,6 +96,7 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         cards = [resolve_dataset(n, data_root) for n in names]
     opts = GridOptions(
         sam=args.sam, checkpoint=args.checkpoint, device=args.device, out=Path(args.out), seeds=_seeds(args.seeds),
+        checkpoint_interval_s=_nonnegative_float("--checkpoint-interval", args.checkpoint_interval),
         inference=args.inference, precision=args.precision, attention=args.attention,
         checkpointing=args.checkpointing, cache_embeddings=not args.no_embedding_cache,
         epochs=_positive_int("--epochs", args.epochs) if args.epochs is not None else None,

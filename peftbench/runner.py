@@ -48,6 +48,7 @@ class GridOptions:
     cache_embeddings: bool = True
     inference: str = "auto"  # auto: merge exact merges; merged: also approximate ones; unmerged: never
     out: Path = Path("results")
+    checkpoint_interval_s: float = 30.0  # mid-run checkpoints: after an epoch, at most this often
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
 
 
@@ -114,7 +115,8 @@ def run_grid(methods: list[MethodSpec], cards: list[DatasetCard], opts: GridOpti
 
             start = time.time()
             try:
-                result = train_run(config, card, method, on_step, checkpoint=checkpoint, lock=lock)
+                result = train_run(config, card, method, on_step, checkpoint=checkpoint, lock=lock,
+                                   checkpoint_interval_s=opts.checkpoint_interval_s)
             except (KeyboardInterrupt, SystemExit):
                 release(lock)
                 raise

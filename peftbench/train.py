@@ -210,10 +210,11 @@ def _peak_memory_mib(device: torch.device) -> dict:
 
 
 def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step: StepCallback | None = None,
-              checkpoint: Path | None = None, lock: Path | None = None) -> dict:
+              checkpoint: Path | None = None, lock: Path | None = None, checkpoint_interval_s: float = 0.0) -> dict:
     """Train, select on validation, test. Returns the record fields metrics, per_image, params, timing, history.
 
-    With `checkpoint`, the state after every epoch is saved there and a run finding one continues from it.
+    With `checkpoint`, the state after an epoch is saved there (at most every `checkpoint_interval_s` seconds, so
+    sub-second CPU epochs do not spend their time writing) and a run finding one continues from it.
     """
     device = resolve_device(config["device"])
     seed_everything(config["seed"])
@@ -268,6 +269,7 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
     best_score, best_state, best_epoch, stale = None, None, -1, 0
     history, train_time, passes, train_images = [], 0.0, 0, 0
     saved = load_checkpoint(checkpoint, config_hash(config)) if checkpoint else None
+    last_save = time.monotonic()
     if saved:  # continue after the last finished epoch of a killed run
         model.load_state_dict(saved["model"], strict=False)
         optimization.load_state_dict(saved["optimization"])
@@ -313,7 +315,8 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
             best_state = trainable_state(model)
         else:
             stale += 1
-        if checkpoint:
+        if checkpoint and time.monotonic() - last_save >= checkpoint_interval_s:
+            last_save = time.monotonic()
             save_checkpoint(checkpoint, {
                 "config_hash": config_hash(config), "model": trainable_state(model),
                 "optimization": optimization.state_dict(), "best_score": best_score, "best_state": best_state,

@@ -72,6 +72,7 @@ def test_same_seed_on_the_cpu_gives_the_same_metrics(tmp_path):
     (["--sam", "vit_b"], "needs --checkpoint"),
     (["--seeds", "a,b"], "--seeds"),
     (["--epochs", "0"], "--epochs"),
+    (["--checkpoint-interval", "-1"], "--checkpoint-interval"),
     (["--batch-size", "4", "--micro-batch-size", "3"], "must divide"),
     (["--sam", "vit_x"], "invalid choice"),
 ])

@@ -19,7 +19,7 @@ def untimed(record):
 
 
 def test_a_run_killed_mid_training_resumes_to_the_uninterrupted_record(tmp_path):
-    args = [*ARGS, "--epochs", "12"]
+    args = [*ARGS, "--epochs", "12", "--checkpoint-interval", "0"]
     assert main(["run", *args, "--out", str(tmp_path / "straight")]) == 0
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "run_all.py", *args, "--out", str(out)],
