@@ -206,7 +206,8 @@ def merge_gap(model: SamSegmenter, method: Method, probe: torch.Tensor, device: 
 def _peak_memory_mib(device: torch.device) -> dict:
     if device.type == "cuda":
         return {"peak_memory_mib": torch.cuda.max_memory_allocated(device) / 2**20, "memory_kind": "cuda_max_allocated"}
-    return {"peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "memory_kind": "process_peak_rss"}
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"peak_memory_mib": peak_kib / 1024, "memory_kind": "process_peak_rss"}
 
 
 def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step: StepCallback | None = None,
@@ -231,7 +232,11 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
 
     def keyed(split: str):
         """Context for a batch with these input keys: cached embeddings where the encoder is frozen."""
-        return lambda keys: cache.keyed([(split, int(k)) for k in keys]) if cache is not None and keys is not None else nullcontext()
+        def context(keys):
+            if cache is None or keys is None:
+                return nullcontext()
+            return cache.keyed([(split, int(k)) for k in keys])
+        return context
 
     splits = build_splits(card, model.img_size, keys=True)
 
@@ -365,5 +370,6 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
     return {
         "metrics": metrics, "per_image": per_image, "params": params, "timing": timing, "merge": merge,
         "selection": {"metric": card.select_metric, "split": "val", "best_epoch": best_epoch, "best_score": best_score},
-        "history": history, "milestones": method.milestones(), "statistics": statistics, "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "history": history, "milestones": method.milestones(), "statistics": statistics,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
