@@ -80,3 +80,8 @@ def is_complete(path: Path, config: dict) -> bool:
 
 def load_records(out: Path) -> list[dict]:
     return [r for p in sorted((Path(out) / "runs").glob("*/*/seed*.json")) if (r := read_record(p)) is not None]
+
+
+def set_label(dataset: str, test: str) -> str:
+    """How tables name a test set: the dataset, or dataset/test when a card has several (e.g. polyp/kvasir)."""
+    return dataset if test == "test" else f"{dataset}/{test}"

@@ -30,7 +30,7 @@ from .figures import write_figures
 from .methods import method_specs
 from .metrics import METRICS
 from .paths import ROOT
-from .records import load_records
+from .records import load_records, set_label
 
 REFERENCE_FILE = ROOT / "peftbench" / "reference" / "paper_results.csv"
 LOWER_IS_BETTER = {name for name, m in METRICS.items() if not m.higher_is_better} | {
@@ -57,7 +57,7 @@ def long_frame(records: list[dict]) -> pd.DataFrame:
     rows = []
     for r in records:
         for test, values in r["metrics"].items():
-            label = r["dataset"] if test == "test" else f"{r['dataset']}/{test}"
+            label = set_label(r["dataset"], test)
             rows += [{"method": r["method"], "dataset": label, "metric": m, "seed": r["seed"], "value": v}
                      for m, v in values.items()]
         rows += [{"method": r["method"], "dataset": r["dataset"], "metric": m, "seed": r["seed"], "value": v}
@@ -70,7 +70,7 @@ def per_image(records: list[dict]) -> dict[tuple, dict[int, np.ndarray]]:
     out: dict[tuple, dict[int, np.ndarray]] = {}
     for r in records:
         for test, values in r.get("per_image", {}).items():
-            label = r["dataset"] if test == "test" else f"{r['dataset']}/{test}"
+            label = set_label(r["dataset"], test)
             for metric, v in values.items():
                 out.setdefault((r["method"], label, metric), {})[r["seed"]] = 100.0 * np.asarray(v, dtype=float)
     return out

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .records import load_records
+from .records import load_records, set_label
 
 TIMING_COLUMNS = {
     "train_iter_per_s": "Train iter/s",
@@ -20,7 +20,7 @@ TIMING_COLUMNS = {
 def metrics_frame(records: list[dict]) -> pd.DataFrame:
     """Long format: one row per (method, dataset, test set, metric, seed)."""
     rows = [
-        {"method": r["method"], "dataset": r["dataset"] if test == "test" else f"{r['dataset']}/{test}",
+        {"method": r["method"], "dataset": set_label(r["dataset"], test),
          "metric": metric, "seed": r["seed"], "value": value}
         for r in records for test, values in r["metrics"].items() for metric, value in values.items()
         if not metric.startswith("iou_class")

@@ -110,9 +110,11 @@ def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
 
 
-def replace_targets(root: nn.Module, targets: list[str], scope: str, wrap: Callable[[nn.Module], nn.Module]) -> int:
-    """Replace every target module by `wrap(module)`; returns how many were replaced."""
-    names = find_targets(root, targets, scope)
+def replace_targets(root: nn.Module, targets: list[str], scope: str, wrap: Callable[[nn.Module], nn.Module],
+                    blocks: str | list[int] = "all") -> int:
+    """Replace every target module (inside encoder `blocks`, see select_blocks) by `wrap(module)`; returns how many
+    were replaced."""
+    names = select_blocks(find_targets(root, targets, scope), blocks)
     for name in names:
         replace_module(root, name, wrap(root.get_submodule(name)))
     return len(names)

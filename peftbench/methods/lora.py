@@ -45,11 +45,15 @@ class LoRALinear(nn.Module):
         return self.base(x) + (z @ self.lora_B.T) * self.scaling
 
     def merged(self) -> nn.Linear:
-        """A plain frozen Linear with W + scaling * B A (exact only without a bottleneck module)."""
-        if self.bottleneck is not None:
-            raise NotImplementedError("a LoRA bottleneck module does not fold into a per-token weight")
+        """A plain frozen Linear with W + scaling * B diag(d) A: d = 1 without a bottleneck (exact), else the
+        bottleneck's per-token linear part `per_token_linear()` (its spatial part is dropped)."""
+        if self.bottleneck is not None and not hasattr(self.bottleneck, "per_token_linear"):
+            raise NotImplementedError("this LoRA bottleneck module does not fold into a per-token weight")
         with torch.no_grad():
-            self.base.weight += self.delta_weight()
+            if self.bottleneck is None:
+                self.base.weight += self.delta_weight()
+            else:
+                self.base.weight += self.scaling * (self.lora_B * self.bottleneck.per_token_linear()) @ self.lora_A
         return self.base
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Method, find_targets, replace_module, select_blocks
+from .base import Method, merge_wrappers, replace_targets
 from .lora import LoRALinear, from_map, rank_alpha, to_map
 from .registry import register_family
 
@@ -98,14 +98,6 @@ class NASCell(nn.Module):
         return diag
 
 
-def merged_nas_linear(layer: LoRALinear) -> nn.Linear:
-    """W + s * B diag(d) A with d the cell's per-token linear part; the spatial operations are dropped."""
-    with torch.no_grad():
-        d = layer.bottleneck.per_token_linear()
-        layer.base.weight += layer.scaling * (layer.lora_B * d) @ layer.lora_A
-    return layer.base
-
-
 @register_family
 class NASLoRA(Method):
     family = "nas_lora"
@@ -115,10 +107,9 @@ class NASLoRA(Method):
         rank, alpha = rank_alpha(self.hparams)
         operations = tuple(self.hparams.get("operations", OPERATIONS))
         searched = round(float(self.hparams.get("channel_ratio", 1.0)) * rank)
-        names = select_blocks(find_targets(model, self.targets or ["qkv"], self.scope), self.hparams.get("blocks", "all"))
-        for name in names:
-            cell = NASCell(rank, searched, operations)
-            replace_module(model, name, LoRALinear(model.get_submodule(name), rank, alpha, cell))
+        replace_targets(model, self.targets or ["qkv"], self.scope,
+                        lambda m: LoRALinear(m, rank, alpha, NASCell(rank, searched, operations)),
+                        blocks=self.hparams.get("blocks", "all"))
         return model
 
     def parameter_groups(self, model: nn.Module) -> dict[str, list[nn.Parameter]]:
@@ -145,7 +136,4 @@ class NASLoRA(Method):
                 "per_cell": weights.tolist()}
 
     def merge(self, model: nn.Module) -> nn.Module:
-        names = [n for n, m in model.named_modules() if isinstance(m, LoRALinear) and isinstance(m.bottleneck, NASCell)]
-        for name in names:
-            replace_module(model, name, merged_nas_linear(model.get_submodule(name)))
-        return model
+        return merge_wrappers(model, LoRALinear)  # folds each cell's per_token_linear(), drops its spatial part
