@@ -1,5 +1,8 @@
 """Training losses of the paper (Eq. 4/8, Appendix A): segmentation = BCE + Dice; multi-class adds pixel-wise CE.
 
+A binary card may instead ask for one of the Conv-LoRA harness's losses (conv-lora-harness.md §5):
+`structure_loss` (PraNet) or `balanced_bce` (its SBU loss).
+
 Multi-class matching is fixed: mask token k predicts class k (one token per class), so no Hungarian matching is
 needed. The class loss is the pixel-wise cross-entropy of the semantic map (class probabilities times mask
 probabilities, normalised over classes), as Appendix A defines it, plus the cross-entropy of each token's class
@@ -29,6 +32,26 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | 
 def bce_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Binary loss. logits, target: (B, H, W)."""
     return F.binary_cross_entropy_with_logits(logits, target) + dice_loss(logits, target)
+
+
+def structure_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """PraNet's structure loss as the Conv-LoRA harness runs it: mean BCE (its pixel weighting is a no-op there,
+    because of a legacy `reduce` argument) plus a boundary-weighted IoU loss, weight 1 + 5 |avgpool31(gt) - gt|.
+    logits, target: (B, H, W)."""
+    weight = 1 + 5 * (F.avg_pool2d(target[:, None], 31, stride=1, padding=15)[:, 0] - target).abs()
+    prob = logits.sigmoid()
+    inter = (weight * prob * target).flatten(1).sum(1)
+    union = (weight * (prob + target)).flatten(1).sum(1) - inter
+    return F.binary_cross_entropy_with_logits(logits, target) + (1 - (inter + 1) / (union + 1)).mean()
+
+
+def balanced_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Class-balanced BCE (EVP, the Conv-LoRA harness's SBU loss): positives weighted N_neg / N_pos, the whole
+    times N_pos / N, counts over the batch. logits, target: (B, H, W)."""
+    positives = target.sum().clamp_min(1)
+    negatives = target.numel() - target.sum()
+    loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=negatives / positives)
+    return loss * positives / target.numel()
 
 
 def multiclass_loss(out: dict[str, torch.Tensor], label: torch.Tensor, w_seg: float, w_cls: float) -> torch.Tensor:

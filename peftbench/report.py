@@ -197,6 +197,7 @@ def render(table: Table, stats: pd.DataFrame, reference: pd.DataFrame | None, pa
     tex += [r"\bottomrule", r"\end{tabular}",
             r"\par\footnotesize " + _latex_escape(footnote.replace("italic", "underlined")).replace("±", r"$\pm$")
             .replace("†", r"$\dagger$").replace("§", r"\S{}"),
+            *[r"\par\footnotesize " + _latex_escape(note) for note in table.notes],
             r"\end{table}"]
     return {"md": "\n".join(md) + "\n", "tex": "\n".join(tex) + "\n"}
 
@@ -214,9 +215,17 @@ def plan_tables(records: list[dict], df: pd.DataFrame) -> list[Table]:
     registry = method_specs()  # which paper table a variant belongs to (a method no longer registered: none)
     ablations = {r["method"]: registry[r["method"]].ablation if r["method"] in registry else "" for r in records}
     main = [m for m in dict.fromkeys(r["method"] for r in records) if not ablations.get(m)]
-    quality = df[~df["metric"].isin(TIMING) & ~df["metric"].str.startswith("iou_class")]
-    # Metrics in the order the dataset card lists them (the paper's column order), datasets in order of appearance.
+    # The paper's columns for each dataset are its card's `metrics`, in the card's order; datasets in order of
+    # appearance. The card's `extra_metrics` go to a table of their own.
+    # (A record whose card lists no metrics, e.g. one written by hand, shows all of them.)
     card_order = {r["dataset"]: r["config"]["dataset"].get("metrics", []) for r in records}
+    extra = {r["dataset"]: r["config"]["dataset"].get("extra_metrics", []) for r in records}
+    quality_metric = ~df["metric"].isin(TIMING) & ~df["metric"].str.startswith("iou_")
+    in_card = quality_metric & np.array([m in card_order[d.split("/")[0]] or not card_order[d.split("/")[0]]
+                                         for d, m in zip(df["dataset"], df["metric"])], dtype=bool)
+    in_extra = quality_metric & np.array([m in extra[d.split("/")[0]] for d, m in zip(df["dataset"], df["metric"])],
+                                         dtype=bool)
+    quality = df[in_card]
     columns = list(dict.fromkeys(zip(quality["dataset"], quality["metric"])))
     position = {d: i for i, d in enumerate(dict.fromkeys(d for d, _ in columns))}
 
@@ -241,6 +250,10 @@ def plan_tables(records: list[dict], df: pd.DataFrame) -> list[Table]:
     others = [c for c in columns if c not in table1 and c[0].split("/")[0] not in ("trans10k_v1", "trans10k_v2")]
     if others:
         tables.append(Table("table_multiclass", "Multi-class semantic segmentation, test %.", others, main))
+    more = list(dict.fromkeys(zip(df[in_extra]["dataset"], df[in_extra]["metric"])))
+    if more:
+        tables.append(Table("table_extra_metrics", "Further metrics recorded for each dataset (its card's "
+                            "extra_metrics), test.", more, main))
     timing = list(dict.fromkeys((d, m) for d, m in zip(df["dataset"], df["metric"]) if m in TIMING))
     if timing:
         tables.append(Table("table5_timing", "Training and inference cost (the paper's Table 5 layout).", timing,
@@ -248,10 +261,34 @@ def plan_tables(records: list[dict], df: pd.DataFrame) -> list[Table]:
     for ablation in sorted({a for a in ablations.values() if a}):
         variants = [m for m, a in ablations.items() if a == ablation]
         base = [m for m in ("nas_lora", "nas_pc_lora") if m in main]
-        cols = [c for c in columns if not df[(df["method"].isin(variants)) & (df["dataset"] == c[0])].empty]
+        cols = [c for c in columns + more if not df[(df["method"].isin(variants)) & (df["dataset"] == c[0])].empty]
         tables.append(Table(f"ablation_{ablation.lower().replace(' ', '')}", f"Ablation: paper {ablation}.", cols,
                             base + variants))
     return tables
+
+
+def metric_definitions(records: list[dict]) -> dict[tuple[str, str], str]:
+    """(dataset, metric) -> one footnote line: the metric's definition, threshold and resolution as the records
+    state them (records disagreeing on a protocol get one sentence each, so a mixed table cannot hide it)."""
+    lines: dict[tuple[str, str], list[str]] = {}
+    for r in records:
+        for name, d in r.get("metric_definitions", {}).items():
+            beta = f"; beta^2 = {d['f_beta2']}" if "f_beta2" in d else ""
+            text = f"{d['definition']} (threshold: {d['threshold']}{beta}; at {d['resolution']})."
+            if text not in lines.setdefault((r["dataset"], name), []):
+                lines[(r["dataset"], name)].append(text)
+    return {key: " ".join(texts) for key, texts in lines.items()}
+
+
+def table_notes(table: Table, definitions: dict[tuple[str, str], str]) -> list[str]:
+    """The definition of every metric in the table, once per distinct text, naming the datasets it covers."""
+    covered: dict[tuple[str, str], list[str]] = {}  # (metric, definition) -> datasets
+    for label, metric in table.columns:
+        dataset = label.split("/")[0]
+        text = definitions.get((dataset, metric))
+        if text and dataset not in covered.setdefault((metric, text), []):
+            covered[(metric, text)].append(dataset)
+    return [f"{metric} ({', '.join(names)}): {text}" for (metric, text), names in covered.items()]
 
 
 def _figure_html(path: Path) -> str:
@@ -295,7 +332,9 @@ def build_report(out: Path, reference: bool = False) -> list[Path]:
     folder = Path(out) / "tables"
     folder.mkdir(parents=True, exist_ok=True)
     written, rendered = [], []
+    definitions = metric_definitions(records)
     for table in plan_tables(records, df):
+        table.notes += table_notes(table, definitions)
         stats = column_stats(df, images, table, seeds_asked)
         text = render(table, stats, ref, params)
         rendered.append((table, text))

@@ -1,11 +1,12 @@
-"""The grid: every (dataset, method, seed) trained in turn, records written atomically, finished runs skipped."""
+"""The grid: plan every (dataset, method, seed), skip recorded runs, hand the rest to an executor (executors.py),
+then summarise and render the tables."""
 
 from __future__ import annotations
 
 import hashlib
-import time
-import traceback
-from dataclasses import dataclass, field
+import os
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -14,13 +15,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .data import DatasetCard
+from .executors import Executor, LocalExecutor, RunTask
 from .methods import MethodSpec
-from .records import config_hash, environment, is_complete, record_path, write_json_atomic
+from .records import environment, is_complete, record_path
 from .report import build_report
-from .resume import claim, release
 from .sam import spec_dict
 from .tables import write_tables
-from .train import resolve_device, resolve_precision, train_run
+from .train import resolve_device, resolve_precision
 
 DEFAULTS = {"batch_size": 4, "weight_decay": 1e-4, "grad_clip": 1.0, "patience": 10, "w_seg": 1.0, "w_cls": 1.0}
 
@@ -47,14 +48,16 @@ class GridOptions:
     checkpointing: bool = False
     cache_embeddings: bool = True
     inference: str = "auto"  # auto: merge exact merges; merged: also approximate ones; unmerged: never
+    eval_resolution: str = "original"  # test metrics at the label's original size, or "input" (the model's)
     out: Path = Path("results")
     checkpoint_interval_s: float = 30.0  # mid-run checkpoints: after an epoch, at most this often
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
 
 
 def resolve_config(method: MethodSpec, card: DatasetCard, seed: int, opts: GridOptions) -> dict:
-    """Everything that determines a run's numbers; its hash decides whether a stored record is still valid."""
-    device = resolve_device(opts.device)
+    """Everything that determines a run's numbers; its hash decides whether a stored record is still valid.
+    `opts.device` "cpu" or "cuda" is taken as resolved (by an executor, for its workers); "auto" looks here."""
+    device = resolve_device(opts.device) if opts.device == "auto" else torch.device(opts.device)
     train = method.train
     return {
         **DEFAULTS,
@@ -74,71 +77,61 @@ def resolve_config(method: MethodSpec, card: DatasetCard, seed: int, opts: GridO
         "micro_batch_size": opts.micro_batch_size or (1 if device.type == "cuda" else opts.batch_size),
         "num_workers": 4 if device.type == "cuda" else 0,
         "inference": opts.inference,
+        "eval_resolution": opts.eval_resolution,
         # Speed settings (results equal up to float precision; kept in the config for the record):
         "attention": opts.attention, "checkpointing": opts.checkpointing, "cache_embeddings": opts.cache_embeddings,
     }
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console)
+def plan_grid(methods: list[MethodSpec], cards: list[DatasetCard], opts: GridOptions) -> list[RunTask]:
+    """Every (dataset, method, seed) of the grid with its resolved config; `opts.device` already resolved."""
+    env, out, cwd = environment(), Path(opts.out).resolve(), os.getcwd()
+    return [RunTask(card, method, seed, resolve_config(method, card, seed, opts), out, cwd, env,
+                    opts.checkpoint_interval_s)
+            for card in cards for method in methods for seed in opts.seeds]
 
 
-def run_grid(methods: list[MethodSpec], cards: list[DatasetCard], opts: GridOptions, console: Console) -> dict:
-    """Train every missing run, then render the tables. Returns counts of done, skipped and failed runs."""
-    grid = [(c, m, s) for c in cards for m in methods for s in opts.seeds]
-    summary = {"trained": 0, "skipped": 0, "claimed": 0, "failed": 0, "tables": []}
-    env = environment()
-    with _progress(console) as progress:
-        overall = progress.add_task("grid", total=len(grid))
-        for card, method, seed in grid:
-            label = f"{card.name} / {method.name} / seed {seed}"
-            config = resolve_config(method, card, seed, opts)
-            path = record_path(opts.out, card.name, method.name, seed)
-            lock = Path(opts.out) / "locks" / card.name / method.name / f"seed{seed}.lock"
-            if is_complete(path, config) or not claim(lock):
-                summary["skipped" if is_complete(path, config) else "claimed"] += 1
-                progress.advance(overall)
-                continue
-            if is_complete(path, config):  # finished by another process between the check and the claim
-                release(lock)
-                summary["skipped"] += 1
-                progress.advance(overall)
-                continue
-            checkpoint = Path(opts.out) / "checkpoints" / card.name / method.name / f"seed{seed}.pt"
-            run_task = progress.add_task(label, total=None)
+class _GridProgress:
+    """The grid's progress bars: one overall, one per run while it trains (with the executors that report steps)."""
 
-            def on_step(epoch: int, step: int, steps: int, loss: float, groups: list, task=run_task, label=label,
-                        config=config) -> None:
-                progress.update(task, total=steps * config["epochs"], completed=epoch * steps + step + 1,
-                                description=f"{label} · epoch {epoch + 1}/{config['epochs']} · loss {loss:.3f}")
+    def __init__(self, progress: Progress, total: int):
+        self.progress, self.overall, self.bars = progress, progress.add_task("grid", total=total), {}
+        self.results: list[dict] = []
 
-            start = time.time()
-            try:
-                result = train_run(config, card, method, on_step, checkpoint=checkpoint, lock=lock,
-                                   checkpoint_interval_s=opts.checkpoint_interval_s)
-            except (KeyboardInterrupt, SystemExit):
-                release(lock)
-                raise
-            except Exception:  # one broken run must not lose the others; its traceback is kept
-                log = Path(opts.out) / "failed" / card.name / method.name / f"seed{seed}.log"
-                log.parent.mkdir(parents=True, exist_ok=True)
-                log.write_text(traceback.format_exc())
-                console.print(f"[red]failed[/red] {label}: see {log}")
-                summary["failed"] += 1
-            else:
-                record = {
-                    "method": method.name, "dataset": card.name, "seed": seed, **result,
-                    "config": config, "config_hash": config_hash(config), "environment": env,
-                    "device": {"type": config["device"], "name": result.pop("device_name"),
-                               "torch_threads": torch.get_num_threads()},
-                    "wall_time_s": time.time() - start,
-                }
-                write_json_atomic(path, record)
-                checkpoint.unlink(missing_ok=True)
-                summary["trained"] += 1
-            release(lock)
-            progress.remove_task(run_task)
-            progress.advance(overall)
+    def started(self, task: RunTask):
+        bar = self.bars[task.label] = self.progress.add_task(task.label, total=None)
+        epochs = task.config["epochs"]
+
+        def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
+            self.progress.update(bar, total=steps * epochs, completed=epoch * steps + step + 1,
+                                 description=f"{task.label} · epoch {epoch + 1}/{epochs} · loss {loss:.3f}")
+
+        return on_step
+
+    def finished(self, task: RunTask, result: dict) -> None:
+        self.progress.remove_task(self.bars.pop(task.label))
+        self.progress.advance(self.overall)
+        if result["status"] == "failed":
+            self.progress.console.print(f"[red]failed[/red] {task.label}: {result['error']} (log: {result['log']})")
+        self.results.append(result)
+
+
+def run_grid(methods: list[MethodSpec], cards: list[DatasetCard], opts: GridOptions, console: Console,
+             executor: Executor | None = None) -> dict:
+    """Plan the grid, skip recorded runs, hand the others to `executor` (default: local, sequential, one process
+    per run), then render the tables. Returns counts per status, the failed runs' statuses and the tables."""
+    executor = executor or LocalExecutor()
+    tasks = plan_grid(methods, cards, replace(opts, device=executor.device_type(opts.device)))
+    pending = [t for t in tasks if not is_complete(record_path(t.out, t.card.name, t.method.name, t.seed), t.config)]
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TimeRemainingColumn(), console=console)
+    with progress:
+        monitor = _GridProgress(progress, len(tasks))
+        progress.advance(monitor.overall, len(tasks) - len(pending))
+        executor.run(pending, monitor)
+    counts = Counter(r["status"] for r in monitor.results)
+    summary = {"trained": counts["trained"], "skipped": len(tasks) - len(pending) + counts["skipped"],
+               "claimed": counts["claimed"], "failed": counts["failed"],
+               "failed_runs": [r for r in monitor.results if r["status"] == "failed"]}
     summary["tables"] = write_tables(opts.out) + build_report(opts.out)
     return summary

@@ -23,7 +23,7 @@ def metrics_frame(records: list[dict]) -> pd.DataFrame:
         {"method": r["method"], "dataset": set_label(r["dataset"], test),
          "metric": metric, "seed": r["seed"], "value": value}
         for r in records for test, values in r["metrics"].items() for metric, value in values.items()
-        if not metric.startswith("iou_class")
+        if not metric.startswith("iou_")  # per-category IoUs: the report's Table 3 layout
     ]
     return pd.DataFrame(rows, columns=["method", "dataset", "metric", "seed", "value"])
 

@@ -22,10 +22,10 @@ from torch.utils.data import DataLoader
 
 from .data import DatasetCard, build_splits
 from .errors import UserError
-from .losses import bce_dice, multiclass_loss
+from .losses import balanced_bce, bce_dice, multiclass_loss, structure_loss
 from .methods import Method, MethodSpec
 from .methods.base import trainable_state
-from .metrics import BinaryMeter, MulticlassMeter, spec
+from .metrics import METRICS, BinaryMeter, MulticlassMeter, provenance
 from .records import config_hash
 from .resume import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .sam import load_sam, official_param_count
@@ -155,35 +155,65 @@ def training_loss(model: SamSegmenter, method: Method, x: torch.Tensor, y: torch
     return loss if extra is None else loss + extra
 
 
+BINARY_LOSSES = {"bce_dice": bce_dice, "structure_loss": structure_loss, "balanced_bce": balanced_bce}
+
+
 def task_loss(out: dict, label: torch.Tensor, card: DatasetCard, config: dict) -> torch.Tensor:
     if card.kind == "binary":
-        return bce_dice(out["mask_logits"][:, 0].float(), label)
+        return BINARY_LOSSES[card.loss](out["mask_logits"][:, 0].float(), label)
     return multiclass_loss({k: v.float() for k, v in out.items()}, label, config["w_seg"], config["w_cls"])
+
+
+RESOLUTIONS = {"original": "the label's original resolution (prediction bilinear-resized to it)",
+               "input": "the {size}x{size} model input (label nearest-resized)"}
+
+
+def meter_for(card: DatasetCard) -> BinaryMeter | MulticlassMeter:
+    if card.kind == "binary":
+        return BinaryMeter(card.f_beta2)
+    return MulticlassMeter(card.num_classes, card.multiclass_protocol, card.class_names)
+
+
+def _score(meter: BinaryMeter | MulticlassMeter, probs: torch.Tensor, label: np.ndarray) -> None:
+    """probs: (S, S) foreground probability or (K, S, S) class scores at the model's resolution; label: (H, W)
+    0/1, 0/255 or class ids. The prediction is resized (bilinear) to the label's size, as the polyp, COD and ISIC
+    toolboxes do (a no-op when the label is the model-sized one)."""
+    resized = torch.nn.functional.interpolate(probs.reshape(1, -1, *probs.shape[-2:]), size=label.shape,
+                                              mode="bilinear", align_corners=False)[0]
+    if isinstance(meter, BinaryMeter):
+        meter.update(resized[0].clamp(0, 1).numpy(), label > (127 if label.max() > 1 else 0))
+    else:
+        meter.update(resized.argmax(0).numpy(), label.astype(np.int64))
 
 
 @torch.no_grad()
 def evaluate(model: SamSegmenter, loader: DataLoader, card: DatasetCard, device: torch.device,
-             precision: str = "fp32", keyed: Callable = lambda keys: nullcontext()) -> tuple[dict, dict, float]:
-    """Returns (metrics by card name, per-image rows, images per second). `keyed(keys)`: the embedding-cache
-    context for a batch (see speed.CachedEncoder); loaders may yield (x, y) or (x, y, keys)."""
+             precision: str = "fp32", keyed: Callable = lambda keys: nullcontext(),
+             resolution: str = "original") -> tuple[dict, dict, float]:
+    """Returns (every metric of the card, per-image rows, images per second). Loaders yield (x, y, keys) with
+    key = 2 * index + flipped (see SegmentationDataset); `keyed(keys)`: the embedding-cache context for a batch
+    (see speed.CachedEncoder). Only the forward pass is timed. Scoring happens at each label's original size, or
+    with `resolution="input"` against the nearest-resized label the model trains on (the Conv-LoRA harness)."""
     model.eval()
-    meter = BinaryMeter() if card.kind == "binary" else MulticlassMeter(card.num_classes)
+    meter = meter_for(card)
     images, elapsed = 0, 0.0
-    for x, y, *keys in loader:
+    for x, y, keys in loader:
         x = x.to(device, non_blocking=True)
         start = time.perf_counter()
-        with autocast(device, precision), keyed(keys[0] if keys else None):
+        with autocast(device, precision), keyed(keys):
             probs = model.probabilities(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed += time.perf_counter() - start
         images += len(x)
-        meter.update(probs.float().cpu(), y)
+        for p, label, key in zip(probs.float().cpu(), y.numpy(), keys.tolist()):
+            _score(meter, p, loader.dataset.original_label(key // 2) if resolution == "original" else label)
     results = meter.results()
-    metrics = {m: results[spec(m, card.kind).name] for m in card.metrics}
-    if card.kind == "multiclass":
-        metrics.update({k: v for k, v in results.items() if k.startswith("iou_class")})
-    return metrics, meter.rows, images / max(elapsed, 1e-9)
+    wanted = card.all_metrics + [k for k in results if k.startswith("iou_")]
+    missing = [m for m in card.all_metrics if m not in results]
+    if missing:
+        raise UserError(f"dataset card {card.name}: metrics {missing} do not exist for a {card.kind} task")
+    return {m: results[m] for m in dict.fromkeys(wanted)}, meter.rows, images / max(elapsed, 1e-9)
 
 
 @torch.no_grad()
@@ -270,7 +300,7 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
         if chunk:
             yield chunk
 
-    select = spec(card.select_metric, card.kind)
+    select = METRICS[card.select_metric]
     best_score, best_state, best_epoch, stale = None, None, -1, 0
     history, train_time, passes, train_images = [], 0.0, 0, 0
     saved = load_checkpoint(checkpoint, config_hash(config)) if checkpoint else None
@@ -298,6 +328,9 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
                         loss = training_loss(model, method, x, y, card, config, device)
                     optimization.backward(loss / len(chunk))
                     losses.append(loss.item())
+                    if not np.isfinite(losses[-1]):  # stop here: a NaN/inf loss would train on garbage till the end
+                        raise FloatingPointError(f"training loss is {losses[-1]} at epoch {epoch + 1}, step {step + 1} "
+                                                 f"({method_spec.name} on {card.name}, seed {config['seed']})")
                     train_images += len(x)
                     epoch_passes += 1
                 optimization.step(active)
@@ -310,7 +343,8 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
         train_time += epoch_time
         passes += epoch_passes
 
-        val_metrics, _, _ = evaluate(model, eval_loader("val"), card, device, config["precision"], keyed("val"))
+        val_metrics, _, _ = evaluate(model, eval_loader("val"), card, device, config["precision"], keyed("val"),
+                                     config["eval_resolution"])
         score = val_metrics[card.select_metric]
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val": val_metrics,
                         "train_s": epoch_time, "train_passes": epoch_passes})
@@ -336,8 +370,8 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
         metrics, per_image, ips = {}, {}, []
         for split in sorted(s for s in splits if s.startswith("test")):
             name = split.partition(":")[2] or "test"
-            metrics[name], per_image[name], split_ips = evaluate(model, eval_loader(split), card, device,
-                                                                 config["precision"])
+            metrics[name], per_image[name], split_ips = evaluate(
+                model, eval_loader(split), card, device, config["precision"], resolution=config["eval_resolution"])
             ips.append(split_ips)
         return metrics, per_image, float(np.mean(ips))
 
@@ -370,6 +404,9 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
     return {
         "metrics": metrics, "per_image": per_image, "params": params, "timing": timing, "merge": merge,
         "selection": {"metric": card.select_metric, "split": "val", "best_epoch": best_epoch, "best_score": best_score},
+        "metric_definitions": provenance(list(metrics[next(iter(metrics))]), card.kind, card.multiclass_protocol,
+                                         RESOLUTIONS[config["eval_resolution"]].format(size=model.img_size),
+                                         card.f_beta2),
         "history": history, "milestones": method.milestones(), "statistics": statistics,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }

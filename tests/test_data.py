@@ -1,5 +1,7 @@
 """Synthetic datasets, folder / CSV manifests and their errors."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,26 +9,32 @@ import torch
 from conftest import write_pairs
 
 from peftbench.data import build_splits, dataset_cards, resolve_dataset
-from peftbench.data.synthetic import GENERATORS, generate
+from peftbench.data.cards import dataset_state
 from peftbench.errors import UserError
 
+SYNTHETIC = [name for name, card in dataset_cards().items() if card.source == "synthetic"]
 
-@pytest.mark.parametrize("name", list(dataset_cards()))
-def test_every_registered_dataset_loads(name):
+
+@pytest.mark.parametrize("name", SYNTHETIC)
+def test_every_synthetic_dataset_loads_with_its_test_sets(name):
     card = dataset_cards()[name]
     splits = build_splits(card, 64)
-    assert {"train", "val", "test"} <= set(splits)
-    x, y = splits["test"][0]
-    assert x.shape == (3, 64, 64) and y.shape == (64, 64)
-    assert y.dtype == (torch.float32 if card.kind == "binary" else torch.int64)
+    tests = {"test" if t == "test" else f"test:{t}" for t in card.test_names}
+    assert set(splits) == {"train", "val"} | tests
+    for split in tests:
+        x, y = splits[split][0]
+        assert x.shape == (3, 64, 64) and y.shape == (64, 64)
+        assert y.dtype == (torch.float32 if card.kind == "binary" else torch.int64)
+        assert len(splits[split]) == card.splits["test"]
+    label = splits["val"].original_label(0)
+    assert label.shape == (card.size, card.size) and label.dtype == np.uint8
 
 
-@pytest.mark.parametrize("generator", list(GENERATORS))
-def test_synthetic_data_is_a_pure_function_of_the_seed(generator):
-    a, b, c = generate(generator, 3, 64, 7), generate(generator, 3, 64, 7), generate(generator, 3, 64, 8)
-    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
-    assert not np.array_equal(a[0], c[0])
-    assert 0 < a[1].mean() < 0.5 * a[1].max()  # some foreground, mostly background
+def test_several_synthetic_test_sets_differ():
+    card = next(c for c in dataset_cards().values() if c.source == "synthetic" and len(c.test_names) > 1)
+    splits = build_splits(card, 64)
+    first, second = (splits[f"test:{t}"].samples[0] for t in card.test_names[:2])
+    assert not np.array_equal(first, second)
 
 
 def test_csv_manifest_with_split_column(tmp_path):
@@ -68,3 +76,31 @@ def test_empty_folder_and_missing_split_are_user_errors(tmp_path):
         resolve_dataset(str(tmp_path / "m.csv"))
     with pytest.raises(UserError, match="neither a registered dataset"):
         resolve_dataset("no_such_dataset")
+
+
+def test_a_real_dataset_that_is_not_prepared_fails_fast_with_the_command(tmp_path):
+    real = [c for c in dataset_cards().values() if c.source == "prepared"]
+    assert real, "the paper's datasets have cards"
+    with pytest.raises(UserError, match=rf"peftbench prepare {real[0].name} --data-root {tmp_path}"):
+        resolve_dataset(real[0].name, tmp_path)
+
+
+def test_dataset_state_reports_missing_and_prepared(tmp_path):
+    card = next(c for c in dataset_cards().values() if c.source == "prepared")
+    assert dataset_state(card, tmp_path) == f"missing: peftbench prepare {card.name}"
+    (tmp_path / card.name).mkdir()
+    counts = {"train": 5, "val": 2, **{("test" if t == "test" else f"test:{t}"): 3 for t in card.test_names}}
+    (tmp_path / card.name / "prepared.json").write_text(json.dumps({"counts": counts}))
+    assert dataset_state(card, tmp_path) == "prepared 5/2/" + "+".join("3" for _ in card.test_names)
+    assert resolve_dataset(card.name, tmp_path).path == str(tmp_path / card.name)
+
+
+@pytest.mark.parametrize("field, value, message", [("loss", "l2", "loss must be one of"),
+                                                   ("select_metric", "nope", "select_metric 'nope'"),
+                                                   ("kind", "regression", "kind must be")])
+def test_card_errors_name_the_file_and_field(tmp_path, field, value, message):
+    text = (f'kind = "binary"\nsource = "synthetic"\nmetrics = ["iou"]\n{field} = "{value}"\n'
+            if field != "kind" else f'kind = "{value}"\nsource = "synthetic"\n')
+    (tmp_path / "bad.toml").write_text(text)
+    with pytest.raises(UserError, match=rf"bad.toml: {message}"):
+        dataset_cards(tmp_path)

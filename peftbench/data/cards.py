@@ -6,6 +6,7 @@ which metrics are reported, which validation metric selects the checkpoint, and 
 
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,27 +16,57 @@ from ..paths import DATASETS_DIR
 
 BINARY_METRICS = ["iou", "dice", "acc", "ber"]
 MULTICLASS_METRICS = ["acc", "miou"]
+LOSSES = ("bce_dice", "structure_loss", "balanced_bce")  # binary losses; multi-class always uses multiclass_loss
 
 
 @dataclass
 class DatasetCard:
+    """One benchmark. `metrics` are the paper's table columns for it; `extra_metrics` are recorded too (other tables).
+
+    Sources: "synthetic" (generated in memory), "prepared" (a registered real dataset that `peftbench prepare`
+    writes to <data root>/<name> in the Conv-LoRA CSV layout), "files" (an ad-hoc folder or CSV manifest).
+    """
+
     name: str
     kind: str  # "binary" or "multiclass"
-    source: str  # "synthetic", "folder" or "csv"
+    source: str
     description: str = ""
+    analogue_of: str = ""  # synthetic only: the real card it stands in for
     num_classes: int = 1
+    classes: list[str] = field(default_factory=list)  # multi-class: class names in index order
+    multiclass_protocol: str = "trans10k_v2"  # or "trans10k_v1" (background excluded from Acc/mIoU, adds MAE/mBER)
     metrics: list[str] = field(default_factory=lambda: list(BINARY_METRICS))
+    extra_metrics: list[str] = field(default_factory=list)
     select_metric: str = "iou"
+    f_beta2: float = 1.0  # beta^2 of the weighted F-measure
+    test_sets: list[str] = field(default_factory=list)  # several named test sets; empty: one set named "test"
     epochs: int = 30  # Conv-LoRA harness defaults
     lr: float = 1e-4
-    path: str = ""  # folder or CSV for file-backed datasets
+    loss: str = "bce_dice"  # the paper's segmentation loss (Appendix A)
+    path: str = ""  # file-backed datasets: the prepared folder, folder or CSV
+    split_seed: int = 0  # prepared only: seed of a validation split carved from train
+    sources: list[dict] = field(default_factory=list)  # prepared only: where `peftbench prepare` gets the data
+    paper: dict = field(default_factory=dict)  # prepared only: the paper's description (Appendix B split sizes)
     generator: str = ""  # synthetic only
     size: int = 64  # synthetic only: generated resolution
     seed: int = 0  # synthetic only: generation seed (fixed per card, independent of the run seed)
-    splits: dict = field(default_factory=dict)  # synthetic only: samples per split
+    splits: dict = field(default_factory=dict)  # synthetic only: samples per split (test: per test set)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def test_names(self) -> list[str]:
+        """Names of the test sets, as run records key them."""
+        return list(self.test_sets) or ["test"]
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.classes) or [f"class{i}" for i in range(self.num_classes)]
+
+    @property
+    def all_metrics(self) -> list[str]:
+        return list(dict.fromkeys(self.metrics + self.extra_metrics))
 
 
 def _card_from_toml(path: Path) -> DatasetCard:
@@ -51,6 +82,12 @@ def _card_from_toml(path: Path) -> DatasetCard:
         raise UserError(f"{path}: {err}") from None
     if card.kind not in ("binary", "multiclass"):
         raise UserError(f"{path}: kind must be 'binary' or 'multiclass', not {card.kind!r}")
+    if card.loss not in LOSSES:
+        raise UserError(f"{path}: loss must be one of {', '.join(LOSSES)}, not {card.loss!r}")
+    if card.classes and len(card.classes) != card.num_classes:
+        raise UserError(f"{path}: {len(card.classes)} class names for num_classes = {card.num_classes}")
+    if card.select_metric not in card.all_metrics:
+        raise UserError(f"{path}: select_metric {card.select_metric!r} is not among metrics or extra_metrics")
     return card
 
 
@@ -59,13 +96,45 @@ def dataset_cards(directory: Path = DATASETS_DIR) -> dict[str, DatasetCard]:
     return {p.stem: _card_from_toml(p) for p in sorted(directory.glob("*.toml"))}
 
 
+def prepared_dir(card: DatasetCard, data_root: Path | None = None) -> Path:
+    """Where `peftbench prepare` puts a registered real dataset: <data root>/<name> (default root: datasets/)."""
+    return Path(data_root or DATASETS_DIR) / card.name
+
+
+def is_prepared(folder: Path) -> bool:
+    """`prepared.json` is written last by `peftbench prepare`, so its presence means the folder is complete."""
+    return (folder / "prepared.json").is_file()
+
+
+def dataset_state(card: DatasetCard, data_root: Path | None = None) -> str:
+    """One line for `peftbench datasets`: images per split, or the command that prepares a missing dataset."""
+    if card.source == "synthetic":
+        tests = "+".join(str(card.splits["test"]) for _ in card.test_names)
+        return f"synthetic {card.splits['train']}/{card.splits['val']}/{tests}"
+    folder = prepared_dir(card, data_root)
+    if not is_prepared(folder):
+        return f"missing: peftbench prepare {card.name}"
+    try:
+        counts = json.loads((folder / "prepared.json").read_text())["counts"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return f"unreadable {folder / 'prepared.json'}: prepare again"
+    tests = "+".join(str(counts.get(f"test:{t}", counts.get("test", "?"))) for t in card.test_names)
+    return f"prepared {counts.get('train', '?')}/{counts.get('val', '?')}/{tests}"
+
+
 def resolve_dataset(arg: str, data_root: Path | None = None) -> DatasetCard:
-    """A --datasets entry: a registered name, or a folder / CSV manifest path (relative to --data-root if given)."""
+    """A --datasets entry: a registered name, or a folder / CSV manifest path (relative to --data-root if given).
+
+    A registered real dataset that is not prepared fails here, before any training, with the command to type."""
     cards = dataset_cards()
     if arg in cards:
         card = cards[arg]
-        if card.source != "synthetic" and data_root is not None:
-            card.path = str(Path(data_root) / Path(card.path).name)
+        if card.source == "prepared":
+            folder = prepared_dir(card, data_root)
+            if not is_prepared(folder):
+                root = f" --data-root {data_root}" if data_root else ""
+                raise UserError(f"--datasets {arg}: not prepared in {folder}; run `peftbench prepare {arg}{root}` first")
+            card.path = str(folder)
         return card
     path = Path(arg)
     if data_root is not None and not path.exists():

@@ -1,7 +1,8 @@
 """Samples of a dataset card as tensors: resized to the model's input size, ImageNet-normalised, flipped in training.
 
 As in the Conv-LoRA harness: images bicubic-resized to (S, S) without keeping the aspect ratio, labels
-nearest-resized; metrics are computed at this resolution (recorded as `resolution` next to every metric).
+nearest-resized for the loss. Test metrics are computed against the label at its original resolution
+(`original_label`), the prediction resized to it, as the ISIC, COD and polyp toolboxes do.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ CACHE_BYTES = 2**30  # per split and per loader worker: 1024 px pairs are 4 MiB,
 
 
 @lru_cache(maxsize=16)
-def _synthetic_split(generator: str, count: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    return generate(generator, count, size, seed)
+def _synthetic_split(generator: str, count: int, size: int, seed: int, variant: str) -> tuple[np.ndarray, np.ndarray]:
+    return generate(generator, count, size, seed, variant)
 
 
 class SegmentationDataset(Dataset):
@@ -52,6 +53,12 @@ class SegmentationDataset(Dataset):
         row = self.samples.iloc[i]
         return Image.open(row["image"]).convert("RGB"), Image.open(row["label"]).convert("L")
 
+    def original_label(self, i: int) -> np.ndarray:
+        """(H, W) uint8 label as stored: 0/1 or 0/255 for binary tasks, class ids (255 = ignore) for multi-class."""
+        if isinstance(self.samples, tuple):
+            return self.samples[1][i]
+        return np.asarray(Image.open(self.samples.iloc[i]["label"]).convert("L"))
+
     def _resized(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(S, S, 3) uint8 image (bicubic) and (S, S) uint8 label (nearest), from the cache when there."""
         if i in self.cache:
@@ -78,14 +85,23 @@ class SegmentationDataset(Dataset):
         return (x, y, 2 * i + flipped) if self.keys else (x, y)
 
 
+def _synthetic_splits(card: DatasetCard) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Split name -> generated arrays. Every split and test set has its own seed; test set t is drawn with
+    variant t (e.g. "easy" / "hard"), train and val mix the variants."""
+    def draw(count: int, offset: int, variant: str = "") -> tuple[np.ndarray, np.ndarray]:
+        return _synthetic_split(card.generator, count, card.size, card.seed * 10 + offset, variant)
+
+    splits = {split: draw(card.splits[split], SPLIT_OFFSETS[split]) for split in ("train", "val")}
+    for i, name in enumerate(card.test_names):
+        key = "test" if name == "test" else f"test:{name}"
+        splits[key] = draw(card.splits["test"], SPLIT_OFFSETS["test"] + i, "" if name == "test" else name)
+    return splits
+
+
 def build_splits(card: DatasetCard, size: int, keys: bool = False) -> dict[str, SegmentationDataset]:
     """Split name -> dataset. Test splits are 'test' or 'test:<name>' (several test sets, e.g. Kvasir and CVC).
     With `keys`, items carry a key of the exact input (index and flip), for caching frozen embeddings."""
-    if card.source == "synthetic":
-        raw = {split: _synthetic_split(card.generator, count, card.size, card.seed * 10 + SPLIT_OFFSETS[split])
-               for split, count in card.splits.items()}
-    else:
-        raw = read_manifest(card.path)
+    raw = _synthetic_splits(card) if card.source == "synthetic" else read_manifest(card.path)
     return {split: SegmentationDataset(s, card.kind, size, train=split == "train", keys=keys)
             for split, s in raw.items()}
 
