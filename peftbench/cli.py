@@ -137,6 +137,21 @@ def _cmd_datasets(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_prepare(args: argparse.Namespace, console: Console) -> int:
+    from .data import dataset_cards
+    from .data.prepare import prepare
+
+    cards = dataset_cards()
+    if args.name not in cards or cards[args.name].source != "prepared":
+        real = [n for n, c in cards.items() if c.source == "prepared"]
+        raise UserError(f"prepare {args.name!r}: not a registered real dataset; one of {', '.join(real)}")
+    tile = _positive_int("--tile", args.tile) if args.tile is not None else None
+    data_root = Path(args.data_root) if args.data_root else None
+    prepare(cards[args.name], args.inputs, source=args.source, data_root=data_root, skip_bad=args.skip_bad,
+            force=args.force, binarize=args.binarize, tile=tile, console=console)
+    return 0
+
+
 def _cmd_params(args: argparse.Namespace, console: Console) -> int:
     from .params import params_table
 
@@ -183,6 +198,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(sub.add_parser("run", help="train and test methods x datasets x seeds, then write the tables"))
     sub.add_parser("methods", help="list registered methods")
     sub.add_parser("datasets", help="list registered datasets")
+    p = sub.add_parser("prepare", help="download (or take --from), verify, extract, convert, validate a real dataset")
+    p.add_argument("name", help="a registered real dataset (peftbench datasets)")
+    p.add_argument("--from", dest="inputs", nargs="+", action="extend", metavar="URL_OR_ARCHIVE_OR_FOLDER",
+                   help="archives, folders or URLs to use instead of the card's downloads (any order, repeatable)")
+    p.add_argument("--source", choices=["convlora", "official"], default=None,
+                   help="the Conv-LoRA authors' archive (default where there is one) or the official releases")
+    p.add_argument("--data-root", default=None, help="folder to prepare into (default: datasets/)")
+    p.add_argument("--skip-bad", action="store_true", help="exclude bad image/label pairs (counted in prepared.json)")
+    p.add_argument("--force", action="store_true", help="prepare again although prepared.json exists")
+    p.add_argument("--binarize", action="store_true",
+                   help="threshold binary masks at 128 instead of rejecting anti-aliased ones")
+    p.add_argument("--tile", default=None,
+                   help="road: cut N x N non-overlapping crops of the 1500 px tiles (default: whole tiles)")
     p = sub.add_parser("params", help="trainable parameters per method (the paper's Params(M)/Ratio(%%) column)")
     p.add_argument("--sam", default="vit_h", choices=SAM_NAMES)
     p.add_argument("--methods", default="all")
@@ -210,8 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"run": _cmd_run, "methods": _cmd_methods, "datasets": _cmd_datasets, "params": _cmd_params,
-            "tables": _cmd_tables, "report": _cmd_tables, "bench": _cmd_bench}
+COMMANDS = {"run": _cmd_run, "prepare": _cmd_prepare, "methods": _cmd_methods, "datasets": _cmd_datasets,
+            "params": _cmd_params, "tables": _cmd_tables, "report": _cmd_tables, "bench": _cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,121 @@
+"""Checks every image/label pair of a split before anything trains on it.
+
+What is checked, per pair:
+- the image opens and is complete. Fast mode (default) reads the header and checks that JPEG / PNG files end with
+  their end marker (a truncated download or copy loses it), which costs two small reads; `full_decode=True` decodes
+  every image, which also catches corrupt data in the middle of a file and truncated TIFFs (`prepare` does this).
+- the label decodes (always fully: its values are needed) to the image's size;
+- the label values fit the task as the loader reads them (`convert("L")`): binary labels within {0, 255} or {0, 1}
+  (anything else, e.g. anti-aliased edges, would be thresholded silently), multi-class labels < num_classes or 255.
+Files are checked in a thread pool: PIL releases the GIL while decoding.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from .files import IGNORE_LABEL
+
+PNG_END = b"IEND\xaeB`\x82"
+JPEG_END = b"\xff\xd9"
+
+
+@dataclass
+class Problem:
+    split: str
+    image: str
+    label: str
+    problem: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.split}: {Path(self.image).name} / {Path(self.label).name}: {self.problem}"
+
+
+def _ends_cleanly(path: str) -> bool:
+    """False when a JPEG or PNG lacks its end marker (truncated). Other formats: True (not checkable cheaply)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".png", ".jpg", ".jpeg"):
+        return True
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 64))
+        tail = f.read()
+    # JPEGs may carry a few padding bytes after the EOI marker, so look in the last 64 bytes.
+    return PNG_END in tail[-12:] if suffix == ".png" else JPEG_END in tail
+
+
+def _image_size(path: str, full_decode: bool) -> tuple[tuple[int, int] | None, str]:
+    """((width, height), "") or (None, reason)."""
+    try:
+        with Image.open(path) as im:
+            size = im.size
+            if full_decode:
+                im.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        return None, f"unreadable image ({err})"
+    if not full_decode and not _ends_cleanly(path):
+        return None, "truncated image (no end marker)"
+    return size, ""
+
+
+def _label_values(path: str) -> tuple[tuple[int, int] | None, np.ndarray | None, str]:
+    try:
+        with Image.open(path) as im:
+            label = np.asarray(im.convert("L"))
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        return None, None, f"unreadable label ({err})"
+    return (label.shape[1], label.shape[0]), np.unique(label), ""
+
+
+def _value_problem(values: np.ndarray, kind: str, num_classes: int) -> str:
+    found = set(values.tolist())
+    if kind == "binary":
+        if found <= {0, 255} or found <= {0, 1}:
+            return ""
+        shown = sorted(found - {0, 255})
+        return (f"label has {len(shown)} values besides 0/255 (e.g. {shown[:5]}): anti-aliased or lossy mask in a "
+                "binary task (prepare --binarize thresholds at 128)")
+    bad = sorted(v for v in found if v >= num_classes and v != IGNORE_LABEL)
+    return f"label values {bad[:5]} >= num_classes {num_classes} (only 255 = ignore is allowed)" if bad else ""
+
+
+def _check_pair(image: str, label: str, split: str, kind: str, num_classes: int,
+                full_decode: bool) -> Problem | None:
+    image_size, reason = _image_size(image, full_decode)
+    if reason:
+        return Problem(split, image, label, reason)
+    label_size, values, reason = _label_values(label)
+    if reason:
+        return Problem(split, image, label, reason)
+    if label_size != image_size:
+        return Problem(split, image, label, f"label size {label_size} != image size {image_size} (width, height)")
+    reason = _value_problem(values, kind, num_classes)
+    return Problem(split, image, label, reason) if reason else None
+
+
+def validate_pairs(frame: pd.DataFrame, kind: str, num_classes: int, split: str, full_decode: bool = False,
+                   workers: int | None = None) -> list[Problem]:
+    """Problems of one split's pairs (frame columns image, label: paths), in the frame's order; [] when clean.
+
+    kind: "binary" or "multiclass"; num_classes: K for multi-class (ignored for binary)."""
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        found = pool.map(lambda pair: _check_pair(*pair, split, kind, num_classes, full_decode),
+                         zip(frame["image"].astype(str), frame["label"].astype(str)))
+        return [p for p in found if p is not None]
+
+
+def drop_problems(frame: pd.DataFrame, problems: list[Problem]) -> pd.DataFrame:
+    """The frame without the rows whose image appears in `problems`."""
+    bad = {p.image for p in problems}
+    return frame[~frame["image"].astype(str).isin(bad)].reset_index(drop=True)
