@@ -400,3 +400,14 @@ def test_one_training_step_on_each_prepared_dataset(name, tmp_path):
     assert set(card.test_names) <= tests, result["metrics"].keys()
     for metrics in result["metrics"].values():
         assert all(np.isfinite(v) for v in metrics.values() if isinstance(v, float))
+
+
+def test_shared_file_name_is_matched_to_the_entry_with_its_checksum(tmp_path):
+    (archive,), _ = fx.build("official", "sbu", tmp_path / "src")  # SBU-shadow.zip, as the Conv-LoRA archive
+    sha, size = file_digest(archive)
+    card = dataclasses.replace(CARDS["sbu"], sources=[
+        {**CARDS["sbu"].sources[0], "sha256": "f" * 64}, {**CARDS["sbu"].sources[1], "sha256": sha, "size": size}])
+    out, text = run_prepare(card, [archive], tmp_path / "data")
+    record = prepared_json(out)["inputs"][0]
+    assert record["source"] == "sbu_shadow" and record["checksum_in_card"] and "no checksum" not in text
+    assert card.sources[0]["name"] == "convlora" and (out / "raw" / "sbu_shadow").is_dir()
