@@ -403,6 +403,7 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
     }
     return {
         "metrics": metrics, "per_image": per_image, "params": params, "timing": timing, "merge": merge,
+        "excluded_pairs": len(card.excluded),  # bad pairs left out with --skip-bad (listed in config.dataset)
         "selection": {"metric": card.select_metric, "split": "val", "best_epoch": best_epoch, "best_score": best_score},
         "metric_definitions": provenance(list(metrics[next(iter(metrics))]), card.kind, card.multiclass_protocol,
                                          RESOLUTIONS[config["eval_resolution"]].format(size=model.img_size),

@@ -104,3 +104,26 @@ def test_card_errors_name_the_file_and_field(tmp_path, field, value, message):
     (tmp_path / "bad.toml").write_text(text)
     with pytest.raises(UserError, match=rf"bad.toml: {message}"):
         dataset_cards(tmp_path)
+
+
+def test_bad_pairs_stop_the_grid_before_training_or_are_left_out_and_recorded(tmp_path, capsys):
+    from PIL import Image
+    from rich.console import Console
+
+    from peftbench.cli import main
+    from peftbench.data.validate import screen_card
+
+    pairs = write_pairs(tmp_path, 6)
+    Image.new("L", (7, 7)).save(tmp_path / pairs[1][1])  # label size differs from its 20x20 image
+    pd.DataFrame({"image": [p[0] for p in pairs], "label": [p[1] for p in pairs],
+                  "split": ["train", "train", "train", "val", "test", "test"]}).to_csv(tmp_path / "m.csv")
+    assert main(["run", "--datasets", str(tmp_path / "m.csv"), "--methods", "decoder_only", "--sam", "tiny_random",
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr()
+    assert "1.jpg / 1.png: label size (7, 7) != image size (20, 20)" in err.out
+    assert "1 bad image/label pairs" in err.err and not (tmp_path / "out" / "runs").exists()
+    card = resolve_dataset(str(tmp_path / "m.csv"))
+    screen_card(card, skip_bad=True, console=Console(quiet=True))
+    assert [e["image"] for e in card.excluded] == ["img/1.jpg"]
+    train = build_splits(card, 16)["train"].samples
+    assert list(train["image"]) == [str(tmp_path / "img" / f"{i}.jpg") for i in (0, 2)]

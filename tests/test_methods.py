@@ -65,7 +65,7 @@ def test_every_family_has_its_expectations_listed():
 
 
 @pytest.mark.parametrize("name", METHODS)
-@pytest.mark.parametrize("dataset", ["synth_road", "synth_shapes"])
+@pytest.mark.parametrize("dataset", ["synth_road", "synth_trans"])
 def test_every_method_trains_and_lowers_the_loss(name, dataset, tiny_segmenter):
     card = dataset_cards()[dataset]
     model, method = attached(tiny_segmenter, name, card.num_classes)

@@ -15,7 +15,7 @@ from peftbench.paths import DATASETS_DIR
 SIZE, COUNT = 64, 16
 # generator -> (min, max) of the mean foreground fraction over COUNT images
 FOREGROUND = {"polyp": (0.05, 0.2), "lesion": (0.12, 0.35), "camo": (0.06, 0.2), "shadow": (0.08, 0.3),
-              "trans": (0.12, 0.4), "leaf": (0.02, 0.1), "road": (0.05, 0.15), "shapes": (0.1, 0.5)}
+              "trans": (0.12, 0.4), "leaf": (0.02, 0.1), "road": (0.05, 0.15)}
 
 
 @cache
@@ -56,7 +56,7 @@ def test_every_image_has_foreground_in_a_sensible_fraction(name):
 
 def test_label_values():
     assert set(np.unique(samples("trans")[1])) == {0, 1, 2}  # background, things, stuff
-    for name in GENERATORS.keys() - {"trans", "shapes"}:
+    for name in GENERATORS.keys() - {"trans"}:
         assert set(np.unique(samples(name)[1])) == {0, 1}
 
 
@@ -112,7 +112,7 @@ def test_unknown_names_are_user_errors():
 def test_synthetic_cards_match_their_generators():
     cards = [tomllib.loads(path.read_text()) for path in sorted(DATASETS_DIR.glob("synth_*.toml"))]
     analogues = {card["generator"]: card for card in cards if "analogue_of" in card}
-    assert set(analogues) == set(GENERATORS) - {"shapes"}
+    assert set(analogues) == set(GENERATORS)
     for generator, card in analogues.items():
         assert tuple(card.get("test_sets", ())) == VARIANTS.get(generator, ())
         assert card["kind"] == ("multiclass" if generator == "trans" else "binary")

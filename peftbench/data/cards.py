@@ -47,6 +47,7 @@ class DatasetCard:
     split_seed: int = 0  # prepared only: seed of a validation split carved from train
     sources: list[dict] = field(default_factory=list)  # prepared only: where `peftbench prepare` gets the data
     paper: dict = field(default_factory=dict)  # prepared only: the paper's description (Appendix B split sizes)
+    excluded: list[dict] = field(default_factory=list)  # bad pairs left out with --skip-bad (paths relative to path)
     generator: str = ""  # synthetic only
     size: int = 64  # synthetic only: generated resolution
     seed: int = 0  # synthetic only: generation seed (fixed per card, independent of the run seed)
@@ -59,6 +60,11 @@ class DatasetCard:
     def test_names(self) -> list[str]:
         """Names of the test sets, as run records key them."""
         return list(self.test_sets) or ["test"]
+
+    @property
+    def base_dir(self) -> str:
+        """The folder manifest paths are relative to (a CSV manifest's folder)."""
+        return self.path if Path(self.path).is_dir() else str(Path(self.path).parent)
 
     @property
     def class_names(self) -> list[str]:

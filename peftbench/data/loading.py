@@ -7,9 +7,11 @@ nearest-resized for the loss. Test metrics are computed against the label at its
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -98,10 +100,17 @@ def _synthetic_splits(card: DatasetCard) -> dict[str, tuple[np.ndarray, np.ndarr
     return splits
 
 
+def _kept(card: DatasetCard, splits: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The manifest without the pairs `--skip-bad` excluded (card.excluded)."""
+    bad = {os.path.normpath(os.path.join(card.base_dir, e["image"])) for e in card.excluded}
+    return {split: df[~df["image"].map(os.path.normpath).isin(bad)].reset_index(drop=True)
+            for split, df in splits.items()}
+
+
 def build_splits(card: DatasetCard, size: int, keys: bool = False) -> dict[str, SegmentationDataset]:
     """Split name -> dataset. Test splits are 'test' or 'test:<name>' (several test sets, e.g. Kvasir and CVC).
     With `keys`, items carry a key of the exact input (index and flip), for caching frozen embeddings."""
-    raw = _synthetic_splits(card) if card.source == "synthetic" else read_manifest(card.path)
+    raw = _synthetic_splits(card) if card.source == "synthetic" else _kept(card, read_manifest(card.path))
     return {split: SegmentationDataset(s, card.kind, size, train=split == "train", keys=keys)
             for split, s in raw.items()}
 

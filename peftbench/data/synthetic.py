@@ -337,31 +337,8 @@ def road(rng: np.random.Generator, size: int, variant: str = "") -> tuple[np.nda
     return _to_uint8(_blur(image, 0.6)), label
 
 
-def shapes(rng: np.random.Generator, size: int, variant: str = "") -> tuple[np.ndarray, np.ndarray]:
-    """Multi-class: background 0, discs 1, squares 2, triangles 3, each with its own tint and texture scale."""
-    _pick_variant(rng, "shapes", variant)
-    image = _texture(rng, size, (120, 120, 120), 25, 1.0)
-    label = np.zeros((size, size), np.uint8)
-    for _ in range(rng.integers(2, 5)):
-        cls = int(rng.integers(1, 4))
-        r, c = rng.integers(size // 8, size - size // 8, size=2)
-        half = rng.uniform(size / 9, size / 5)
-        if cls == 1:
-            rr, cc = disk((r, c), half, shape=(size, size))
-        elif cls == 2:
-            rr, cc = polygon([r - half, r - half, r + half, r + half], [c - half, c + half, c + half, c - half], (size, size))
-        else:
-            rr, cc = polygon([r - half, r + half, r + half], [c, c - half, c + half], (size, size))
-        region = np.zeros((size, size), bool)
-        region[rr, cc] = True
-        label[region] = cls
-        tint = [(190, 100, 100), (100, 190, 100), (100, 100, 190)][cls - 1]
-        image[region] = _texture(rng, size, tint, 30, [0.4, 1.2, 2.5][cls - 1])[region]
-    return _to_uint8(image), label
-
-
 GENERATORS = {"polyp": polyp, "lesion": lesion, "camo": camo, "shadow": shadow, "trans": trans,
-              "leaf": leaf, "road": road, "shapes": shapes}
+              "leaf": leaf, "road": road}
 VARIANTS = {"polyp": tuple(POLYP_STYLES), "trans": tuple(TRANS_STYLES)}  # test-set names; others have one test set
 
 

@@ -20,8 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+from rich.console import Console
 
-from .files import IGNORE_LABEL
+from ..errors import UserError
+from .cards import DatasetCard
+from .files import IGNORE_LABEL, read_manifest
 
 PNG_END = b"IEND\xaeB`\x82"
 JPEG_END = b"\xff\xd9"
@@ -119,3 +122,22 @@ def drop_problems(frame: pd.DataFrame, problems: list[Problem]) -> pd.DataFrame:
     """The frame without the rows whose image appears in `problems`."""
     bad = {p.image for p in problems}
     return frame[~frame["image"].astype(str).isin(bad)].reset_index(drop=True)
+
+
+def screen_card(card: DatasetCard, skip_bad: bool, console: Console) -> None:
+    """Check every pair of a file-backed dataset before any run trains on it. Problems are printed with their
+    file names; then either a UserError stops the grid, or (`skip_bad`) the pairs are listed in `card.excluded`,
+    which the loader drops and every run's config and record keep."""
+    if card.source == "synthetic":
+        return
+    splits = read_manifest(Path(card.path))
+    with console.status(f"checking the image/label pairs of {card.name}"):
+        problems = [p for split, frame in splits.items()
+                    for p in validate_pairs(frame, card.kind, card.num_classes, split)]
+    for problem in problems:
+        console.print(str(problem), markup=False, highlight=False)
+    if problems and not skip_bad:
+        raise UserError(f"--datasets {card.name}: {len(problems)} bad image/label pairs (listed above); fix them or "
+                        "pass --skip-bad to leave them out")
+    card.excluded = [{**p.as_dict(), "image": os.path.relpath(p.image, card.base_dir),
+                      "label": os.path.relpath(p.label, card.base_dir)} for p in problems]
