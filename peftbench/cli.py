@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -77,6 +78,66 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="seconds between mid-run checkpoints, written after an epoch (default 30; 0: every epoch)")
     p.add_argument("--data-root", default=None, help="folder holding the datasets (default: datasets/)")
     p.add_argument("--out", default="results", help="output folder (default results)")
+    p.add_argument("--executor", default="local", choices=["local", "ray", "slurm"],
+                   help="where runs execute, each in its own process: local (default), Ray tasks or a Slurm array job")
+    p.add_argument("--gpus", default=None, help="local: one worker per listed GPU, e.g. 0,1,2,3")
+    p.add_argument("--in-process", action="store_true",
+                   help="local: train in this process (debugging; a crash ends the grid)")
+    p.add_argument("--ray-address", default=None,
+                   help="ray: 'auto' or ray://host:port joins a running cluster (default: a local instance)")
+    p.add_argument("--ray-cpus-per-run", default="1", help="ray: CPUs (torch threads) per run (default 1)")
+    p.add_argument("--slurm-partition", default=None, help="slurm: partition (default: the cluster's default)")
+    p.add_argument("--slurm-time", default="24:00:00",
+                   help="slurm: time limit per run, minutes or HH:MM:SS (default 24:00:00); a run reaching it "
+                        "is requeued and continues from its last checkpoint")
+    p.add_argument("--slurm-gpus-per-task", default="1", help="slurm: GPUs per run (default 1; 0 trains on CPUs)")
+    p.add_argument("--slurm-cpus-per-task", default="6", help="slurm: CPUs per run (default 6: 4 loader workers)")
+
+
+def _minutes(flag: str, value: str) -> int:
+    """Minutes, or [H]H:MM:SS as Slurm writes time limits."""
+    parts = value.split(":")
+    if len(parts) in (1, 3) and all(p.strip().isdigit() for p in parts):
+        minutes = int(parts[0]) if len(parts) == 1 else int(parts[0]) * 60 + int(parts[1]) + (int(parts[2]) > 0)
+        if minutes > 0:
+            return minutes
+    raise UserError(f"{flag} {value!r}: expected minutes or HH:MM:SS, e.g. 240 or 04:00:00")
+
+
+def _executor(args: argparse.Namespace):
+    from .executors import LocalExecutor, RayExecutor, SlurmExecutor, gpu_slots
+
+    local_only = [flag for flag, given in (("--gpus", args.gpus), ("--in-process", args.in_process)) if given]
+    if args.executor != "local" and local_only:
+        raise UserError(f"{local_only[0]} is for --executor local, not {args.executor}")
+    if args.gpus and args.in_process:
+        raise UserError("--in-process trains one run at a time in this process; leave out --gpus or --in-process")
+    if args.executor == "ray":
+        return RayExecutor(args.ray_address, _positive_int("--ray-cpus-per-run", args.ray_cpus_per_run))
+    if args.executor == "slurm":
+        gpus = args.slurm_gpus_per_task
+        gpus = 0 if gpus == "0" else _positive_int("--slurm-gpus-per-task", gpus)
+        return SlurmExecutor(Path(args.out) / "slurm", args.slurm_partition, _minutes("--slurm-time", args.slurm_time),
+                             gpus, _positive_int("--slurm-cpus-per-task", args.slurm_cpus_per_task))
+    return LocalExecutor(gpu_slots(args.gpus) if args.gpus else None, isolate=not args.in_process)
+
+
+def retry_command(argv: list[str], failed: list[dict], dataset_args: dict[str, str]) -> str:
+    """`python run_all.py ...` with the original flags, restricted to the failed runs' datasets, methods and seeds
+    (recorded runs in that product are skipped). `dataset_args`: card name -> the --datasets entry that named it."""
+    kept, i = [], 0
+    while i < len(argv):
+        flag = argv[i].split("=")[0]
+        if flag in ("--datasets", "--methods", "--seeds"):
+            i += 1 if "=" in argv[i] else 2
+            continue
+        kept.append(argv[i])
+        i += 1
+    narrowed = {"--datasets": [dataset_args[r["dataset"]] for r in failed], "--methods": [r["method"] for r in failed],
+                "--seeds": [str(r["seed"]) for r in failed]}
+    for flag, values in narrowed.items():
+        kept += [flag, ",".join(dict.fromkeys(values))]
+    return shlex.join(["python", "run_all.py", *kept])
 
 
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:
@@ -89,11 +150,13 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     data_root = Path(args.data_root) if args.data_root else None
     if args.datasets is None:
         cards = [c for c in dataset_cards().values() if c.source == "synthetic"]
+        names = [c.name for c in cards]
     else:
         names = [n.strip() for n in args.datasets.split(",") if n.strip()]
         if not names:
             raise UserError("--datasets is empty; give registered names, folders or CSV files")
         cards = [resolve_dataset(n, data_root) for n in names]
+    dataset_args = {card.name: arg for card, arg in zip(cards, names)}
     opts = GridOptions(
         sam=args.sam, checkpoint=args.checkpoint, device=args.device, out=Path(args.out), seeds=_seeds(args.seeds),
         checkpoint_interval_s=_nonnegative_float("--checkpoint-interval", args.checkpoint_interval),
@@ -105,14 +168,24 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     )
     if opts.micro_batch_size and opts.batch_size % opts.micro_batch_size:
         raise UserError(f"--micro-batch-size {opts.micro_batch_size} must divide --batch-size {opts.batch_size}")
+    executor = _executor(args)
     load_sam(opts.sam, opts.checkpoint)  # fail fast on a missing or mismatched checkpoint
     start = time.time()
     console.print(f"peftbench: {len(methods)} methods x {len(cards)} datasets x {len(opts.seeds)} seeds "
-                  f"on SAM {opts.sam} -> {opts.out}")
-    summary = run_grid(methods, cards, opts, console)
+                  f"on SAM {opts.sam} -> {opts.out} ({executor.name} executor)")
+    summary = run_grid(methods, cards, opts, console, executor)
     console.print(f"done in {time.time() - start:.0f} s: {summary['trained']} trained, {summary['skipped']} skipped "
                   f"(already recorded), {summary['claimed']} left to another process, {summary['failed']} failed")
     console.print(f"records: {opts.out / 'runs'}")
+    if summary["failed_runs"]:
+        console.print(f"failed runs (status and log under {opts.out / 'failed'}):", markup=False)
+        for run in summary["failed_runs"]:
+            console.print(f"  {run['dataset']} / {run['method']} / seed {run['seed']}: {run['error']} "
+                          f"(log: {run['log']})", markup=False, highlight=False)
+        argv = args.argv if args.argv is not None else sys.argv[1:]
+        console.print("retry only these: " + retry_command(argv[1:] if argv[:1] == ["run"] else argv,
+                                                           summary["failed_runs"], dataset_args),
+                      markup=False, highlight=False, soft_wrap=True)
     for path in summary["tables"]:
         if path.suffix in (".md", ".html"):
             console.print(f"{'report' if path.suffix == '.html' else 'table'}: {path}")
@@ -244,6 +317,7 @@ COMMANDS = {"run": _cmd_run, "prepare": _cmd_prepare, "methods": _cmd_methods, "
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = argv  # for the retry command of failed runs
     console = Console(stderr=False)
     try:
         return COMMANDS[args.command](args, console)
@@ -253,3 +327,4 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("peftbench: interrupted; finished runs are kept and will be skipped next time", file=sys.stderr)
         return 130
+

@@ -3,7 +3,9 @@
 - `claim(path)`: creates the run's lock file atomically (O_EXCL) holding host, pid and start time, so two
   processes, or two machines sharing the results folder, never train the same run. A lock left by a process that
   no longer exists on this host is stale and taken over; a lock of another host is trusted while its file was
-  touched in the last `STALE_AFTER_S` seconds (every checkpoint touches it).
+  touched in the last `STALE_AFTER_S` seconds (every checkpoint touches it). A lock written under the same
+  `owner` (a Slurm job id, a Ray task id: ids that survive a requeue or retry of the same work) is that work's
+  earlier incarnation, killed by preemption or a lost node, and is taken over at once wherever it was written.
 - `save_checkpoint` / `load_checkpoint`: model state (trainable parameters and buffers), optimizers, schedules,
   loss scaler, selection state, history, counters and every random-number state (Python, NumPy, torch CPU/CUDA,
   the data-order generator), written atomically. A killed run continues after its last finished epoch; on the
@@ -35,10 +37,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def claim(path: Path) -> bool:
+def claim(path: Path, owner: str | None = None) -> bool:
     """Take the run's lock; False if a live process (here or on another host) holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "owner": owner}
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -49,7 +51,8 @@ def claim(path: Path) -> bool:
             except (OSError, ValueError):  # a lock being written right now, or removed meanwhile
                 return False
             same_host = holder.get("host") == me["host"]
-            if (same_host and _alive(int(holder.get("pid", -1)))) or (not same_host and age < STALE_AFTER_S):
+            alive = _alive(int(holder.get("pid", -1))) if same_host else age < STALE_AFTER_S
+            if alive and not (owner is not None and holder.get("owner") == owner):
                 return False
             path.unlink(missing_ok=True)  # stale: its owner is gone
             continue
