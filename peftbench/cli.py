@@ -12,7 +12,7 @@ from rich.console import Console
 
 from .errors import UserError
 
-SAM_NAMES = ["tiny", "vit_b", "vit_l", "vit_h"]
+SAM_NAMES = ["tiny", "tiny_random", "vit_b", "vit_l", "vit_h"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -265,6 +265,19 @@ def _cmd_bench(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_pretrain_tiny(args: argparse.Namespace, console: Console) -> int:
+    from .pretrain import PretrainConfig, pretrain, save_pretrained
+    from .train import resolve_device
+
+    steps = {"steps": _positive_int("--steps", args.steps)} if args.steps is not None else {}
+    config = PretrainConfig(seed=args.seed, device=resolve_device(args.device).type, **steps)
+    state, summary = pretrain(config, console)
+    meta = save_pretrained(state, summary, Path(args.out))
+    console.print(f"validation IoU {summary['val_iou']:.1f} (random init {summary['val_iou_random_init']:.1f}) "
+                  f"after {summary['wall_s'] / 60:.1f} min -> {args.out}, {meta}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="peftbench", description="Benchmark PEFT methods for SAM")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -303,6 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--one-at-a-time", action="store_true",
                    help="build and time one method after the other (default: all resident, repeats interleaved)")
     p.add_argument("--out", default="benchmarks/results")
+    p = sub.add_parser("pretrain-tiny", help="pretrain the tiny SAM on the generic synthetic corpus")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", default=None, help="optimizer steps (default: the shipped weights' count)")
+    p.add_argument("--out", default="tiny_sam.pt", help="weights file; its record goes beside it as .json")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
+                   help="default cpu: the shipped weights were trained, and reproduce, there")
     for name in ("report", "tables"):
         p = sub.add_parser(name, help="rebuild every table, figure and results/report.html from the run records")
         p.add_argument("--out", default="results")
@@ -312,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"run": _cmd_run, "prepare": _cmd_prepare, "methods": _cmd_methods, "datasets": _cmd_datasets,
-            "params": _cmd_params, "tables": _cmd_tables, "report": _cmd_tables, "bench": _cmd_bench}
+            "params": _cmd_params, "tables": _cmd_tables, "report": _cmd_tables, "bench": _cmd_bench,
+            "pretrain-tiny": _cmd_pretrain_tiny}
 
 
 def main(argv: list[str] | None = None) -> int:

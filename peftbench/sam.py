@@ -3,10 +3,14 @@
 The official builders in `segment_anything.build_sam` hard-code the 1024 px input and the 256-d decoder, so the
 architectures are described here by a `SamSpec` and assembled from the same `segment_anything.modeling` parts.
 For vit_b/l/h every hyper-parameter equals the official one, so official `sam_vit_*.pth` files load strictly.
+The tiny SAM's weights ship with the package (`weights/tiny_sam.pt`, made by `peftbench pretrain-tiny`, checked
+against the sha256 in `weights/tiny_sam.json`); `tiny_random` is the same architecture untrained.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache, partial
 from pathlib import Path
@@ -45,6 +49,7 @@ SAM_SPECS: dict[str, SamSpec] = {
         window_size=3, prompt_dim=32, decoder_mlp_dim=64, decoder_heads=2, mask_in_chans=4, iou_head_hidden_dim=32,
     ),
 }
+SAM_SPECS["tiny_random"] = SAM_SPECS["tiny"]  # same architecture, left at its fixed random initialisation
 
 OFFICIAL_CHECKPOINTS = {
     "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
@@ -54,9 +59,11 @@ OFFICIAL_CHECKPOINTS = {
 
 PIXEL_MEAN, PIXEL_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)  # Sam's non-persistent buffers
 
-# The tiny SAM has no official weights; its random initialisation is fixed so every method and seed adapts the
-# same frozen backbone (the run seed only affects adapters, decoder changes and data order).
+# The tiny SAM has no official weights. `tiny` is pretrained by `peftbench pretrain-tiny` from a fixed random
+# initialisation (`tiny_random`), so every method and seed adapts the same frozen backbone (the run seed only
+# affects adapters, decoder changes and data order).
 TINY_INIT_SEED = 1234
+TINY_WEIGHTS = Path(__file__).parent / "weights" / "tiny_sam.pt"  # its record: the same path with suffix .json
 
 
 def build_sam(name: str, img_size: int | None = None) -> Sam:
@@ -128,22 +135,50 @@ def read_checkpoint(path: str) -> dict:
     return state_dict
 
 
+@lru_cache(maxsize=1)
+def tiny_weights_sha256() -> str:
+    """The sha256 the shipped tiny SAM weights must have, from their record next to them."""
+    record = TINY_WEIGHTS.with_suffix(".json")
+    try:
+        return json.loads(record.read_text())["sha256"]
+    except (OSError, ValueError, KeyError):
+        raise UserError(f"{record}: missing or unreadable; reinstall peftbench or rerun `peftbench pretrain-tiny "
+                        f"--out {TINY_WEIGHTS}` (--sam tiny_random needs no weights)") from None
+
+
+@lru_cache(maxsize=1)
+def read_tiny_weights() -> dict:
+    """The shipped pretrained tiny SAM state dict, after checking its sha256 against its record."""
+    expected = tiny_weights_sha256()
+    if not TINY_WEIGHTS.is_file() or hashlib.sha256(TINY_WEIGHTS.read_bytes()).hexdigest() != expected:
+        raise UserError(f"{TINY_WEIGHTS}: missing or corrupt (sha256 differs from its .json); reinstall peftbench "
+                        f"or rerun `peftbench pretrain-tiny --out {TINY_WEIGHTS}` (--sam tiny_random needs no weights)")
+    return torch.load(TINY_WEIGHTS, map_location="cpu", weights_only=True)
+
+
+def random_sam(name: str) -> Sam:
+    """SAM `name` at a fixed random initialisation (seed TINY_INIT_SEED, whatever the global seed): `tiny_random`,
+    and the backbone of methods with `backbone = "random"` ("SAM (scratch)" and the decoder-only control)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_INIT_SEED)
+        return build_sam(name)
+
+
 def load_sam(name: str, checkpoint: str | Path | None = None) -> Sam:
     """Build SAM `name` and load `checkpoint` (an official `sam_vit_*.pth` state dict) strictly.
 
-    Without a checkpoint, `tiny` gets its fixed random initialisation; the official sizes refuse to run without
-    weights, because a randomly initialised ViT-B/L/H is never what a user means.
+    Without a checkpoint, `tiny` gets the shipped pretrained weights (`peftbench pretrain-tiny`) and `tiny_random`
+    the fixed random initialisation they were trained from; the official sizes refuse to run without weights,
+    because a randomly initialised ViT-B/L/H is never what a user means.
     """
-    if checkpoint is None:
-        if name != "tiny":
-            raise UserError(
-                f"--sam {name} needs --checkpoint FILE (official weights: {OFFICIAL_CHECKPOINTS.get(name, 'n/a')})"
-            )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(TINY_INIT_SEED)
-            return build_sam(name)
-    state_dict = read_checkpoint(str(checkpoint))
-    path = Path(checkpoint)
+    if checkpoint is None and name == "tiny_random":
+        return random_sam(name)
+    if checkpoint is None and name != "tiny":
+        raise UserError(
+            f"--sam {name} needs --checkpoint FILE (official weights: {OFFICIAL_CHECKPOINTS.get(name, 'n/a')})"
+        )
+    state_dict = read_tiny_weights() if checkpoint is None else read_checkpoint(str(checkpoint))
+    path = Path(checkpoint or TINY_WEIGHTS)
     with torch.device("meta"):  # skip the random initialisation (tens of seconds for vit_h) the weights replace
         model = build_sam(name)
     expected = model.state_dict()
@@ -165,4 +200,6 @@ def load_sam(name: str, checkpoint: str | Path | None = None) -> Sam:
 
 
 def spec_dict(name: str) -> dict:
-    return {"name": name, **asdict(SAM_SPECS[name])}
+    """The architecture `name`; for `tiny` also the shipped weights' sha256, so records change with the weights."""
+    weights = {"weights_sha256": tiny_weights_sha256()} if name == "tiny" else {}
+    return {"name": name, **asdict(SAM_SPECS[name]), **weights}
