@@ -74,9 +74,15 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inference", default="auto", choices=["auto", "merged", "unmerged"],
                    help="model tested: auto (default) merges where the merge is exact and tests the exact unmerged "
                         "model otherwise; merged also tests approximate merges; unmerged never merges")
+    p.add_argument("--eval-resolution", default="original", choices=["original", "input"],
+                   help="test metrics at each label's original size (default) or at the model's input size, "
+                        "labels nearest-resized (the Conv-LoRA harness)")
     p.add_argument("--checkpoint-interval", default="30",
                    help="seconds between mid-run checkpoints, written after an epoch (default 30; 0: every epoch)")
     p.add_argument("--data-root", default=None, help="folder holding the datasets (default: datasets/)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out unreadable images, size mismatches and masks with unexpected values (listed, "
+                        "and counted in every record) instead of stopping")
     p.add_argument("--out", default="results", help="output folder (default results)")
     p.add_argument("--executor", default="local", choices=["local", "ray", "slurm"],
                    help="where runs execute, each in its own process: local (default), Ray tasks or a Slurm array job")
@@ -142,6 +148,7 @@ def retry_command(argv: list[str], failed: list[dict], dataset_args: dict[str, s
 
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     from .data import dataset_cards, resolve_dataset
+    from .data.validate import screen_card
     from .methods import resolve_methods
     from .runner import GridOptions, run_grid
     from .sam import load_sam
@@ -156,12 +163,14 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         if not names:
             raise UserError("--datasets is empty; give registered names, folders or CSV files")
         cards = [resolve_dataset(n, data_root) for n in names]
+    for card in cards:  # bad files stop the grid here, before anything trains, unless --skip-bad
+        screen_card(card, args.skip_bad, console)
     dataset_args = {card.name: arg for card, arg in zip(cards, names)}
     opts = GridOptions(
         sam=args.sam, checkpoint=args.checkpoint, device=args.device, out=Path(args.out), seeds=_seeds(args.seeds),
         checkpoint_interval_s=_nonnegative_float("--checkpoint-interval", args.checkpoint_interval),
-        inference=args.inference, precision=args.precision, attention=args.attention,
-        checkpointing=args.checkpointing, cache_embeddings=not args.no_embedding_cache,
+        inference=args.inference, eval_resolution=args.eval_resolution, precision=args.precision,
+        attention=args.attention, checkpointing=args.checkpointing, cache_embeddings=not args.no_embedding_cache,
         epochs=_positive_int("--epochs", args.epochs) if args.epochs is not None else None,
         batch_size=_positive_int("--batch-size", args.batch_size),
         micro_batch_size=_positive_int("--micro-batch-size", args.micro_batch_size) if args.micro_batch_size else None,
@@ -204,9 +213,12 @@ def _cmd_methods(args: argparse.Namespace, console: Console) -> int:
 
 def _cmd_datasets(args: argparse.Namespace, console: Console) -> int:
     from .data import dataset_cards
+    from .data.cards import dataset_state
 
+    data_root = Path(args.data_root) if args.data_root else None
     for card in dataset_cards().values():
-        print(f"{card.name:<16} {card.kind:<11} {', '.join(card.metrics):<22} {card.description}")
+        print(f"{card.name:<14} {card.kind:<10} {dataset_state(card, data_root):<44} {', '.join(card.metrics):<20} "
+              f"{card.description}")
     return 0
 
 
@@ -283,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_run_args(sub.add_parser("run", help="train and test methods x datasets x seeds, then write the tables"))
     sub.add_parser("methods", help="list registered methods")
-    sub.add_parser("datasets", help="list registered datasets")
+    p = sub.add_parser("datasets", help="list registered datasets and whether each is ready on this machine")
+    p.add_argument("--data-root", default=None, help="folder holding prepared datasets (default: datasets/)")
     p = sub.add_parser("prepare", help="download (or take --from), verify, extract, convert, validate a real dataset")
     p.add_argument("name", help="a registered real dataset (peftbench datasets)")
     p.add_argument("--from", dest="inputs", nargs="+", action="extend", metavar="URL_OR_ARCHIVE_OR_FOLDER",
@@ -347,4 +360,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("peftbench: interrupted; finished runs are kept and will be skipped next time", file=sys.stderr)
         return 130
-

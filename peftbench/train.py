@@ -28,7 +28,7 @@ from .methods.base import trainable_state
 from .metrics import METRICS, BinaryMeter, MulticlassMeter, provenance
 from .records import config_hash
 from .resume import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .sam import load_sam, official_param_count
+from .sam import load_sam, official_param_count, random_sam
 from .segmenter import SamSegmenter
 from .speed import CachedEncoder, checkpoint_blocks, encoder_is_frozen, use_sdpa
 
@@ -69,7 +69,8 @@ def autocast(device: torch.device, precision: str):
 
 def build_model(config: dict, card: DatasetCard, method_spec: MethodSpec):
     """SAM -> segmenter -> method attached. Returns (model, method)."""
-    sam = load_sam(config["sam"], config["checkpoint"])
+    pretrained = method_spec.backbone == "pretrained"
+    sam = load_sam(config["sam"], config["checkpoint"]) if pretrained else random_sam(config["sam"])
     model = SamSegmenter(sam, card.num_classes)
     method = method_spec.build()
     method.attach(model)

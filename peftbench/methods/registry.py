@@ -16,6 +16,7 @@ from ..errors import UserError
 from ..paths import METHODS_DIR
 
 FAMILIES: dict[str, type] = {}
+BACKBONES = ("pretrained", "random")
 
 
 def register_family(cls: type) -> type:
@@ -36,6 +37,7 @@ class MethodSpec:
     train: dict = field(default_factory=dict)  # overrides of the dataset's training settings (e.g. lr)
     paper: dict = field(default_factory=dict)  # what the NAS-LoRA paper reports: params_m (vit_h), params_note
     ablation: str = ""  # the paper table this variant belongs to; empty for a main method
+    backbone: str = "pretrained"  # or "random": the same SAM architecture at a fixed random initialisation
 
     def build(self):
         return FAMILIES[self.family](**self.hparams)
@@ -45,7 +47,8 @@ class MethodSpec:
         return FAMILIES[self.family].merge_kind
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "family": self.family, "hparams": self.hparams, "train": self.train}
+        return {"name": self.name, "family": self.family, "hparams": self.hparams, "train": self.train,
+                "backbone": self.backbone}
 
 
 def _merged(base: dict, override: dict) -> dict:
@@ -75,8 +78,11 @@ def _read_spec(path: Path, directory: Path) -> MethodSpec:
     family = data.get("family")
     if family not in FAMILIES:
         raise UserError(f"{path}: family {family!r} is not one of {', '.join(sorted(FAMILIES))}")
+    backbone = data.get("backbone", "pretrained")
+    if backbone not in BACKBONES:
+        raise UserError(f"{path}: backbone must be one of {', '.join(BACKBONES)}, not {backbone!r}")
     return MethodSpec(path.stem, family, data.get("description", ""), data.get("hparams", {}), data.get("train", {}),
-                      data.get("paper", {}), data.get("ablation", ""))
+                      data.get("paper", {}), data.get("ablation", ""), backbone)
 
 
 def method_specs(directory: Path = METHODS_DIR) -> dict[str, MethodSpec]:
