@@ -51,8 +51,10 @@ def _seeds(value: str) -> list[int]:
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--methods", default="all",
-                   help="comma-separated registered methods, 'all' (the main methods, default) or 'ablations'")
+    p.add_argument("--methods", default="miniature",
+                   help="comma-separated registered methods, 'all' (the main methods), 'ablations' (the paper's "
+                        "ablation variants) or 'miniature' (default: decoder-only on the random and the pretrained "
+                        "tiny SAM, and the LoRA family)")
     p.add_argument("--datasets", default=None,
                    help="comma-separated registered datasets, folders or CSV manifests (default: the synthetic ones)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")

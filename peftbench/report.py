@@ -237,17 +237,27 @@ def plan_tables(records: list[dict], df: pd.DataFrame) -> list[Table]:
     binary = {r["dataset"] for r in records if r["config"]["dataset"]["kind"] == "binary"}
     tables = []
     table1 = [c for c in columns if c[0].split("/")[0] in binary]
-    table1.sort(key=lambda c: (TABLE1_DATASETS.index(c[0]) if c[0] in TABLE1_DATASETS else len(TABLE1_DATASETS)))
+    # A synthetic analogue takes the place of the real dataset it stands in for (card field analogue_of).
+    analogue = {r["dataset"]: r["config"]["dataset"].get("analogue_of") or r["dataset"] for r in records}
+
+    def paper_position(column: tuple[str, str]) -> int:
+        base, _, test = column[0].partition("/")
+        real = analogue.get(base, base)
+        matches = [i for i, d in enumerate(TABLE1_DATASETS) if d == f"{real}/{test}" or d.split("/")[0] == real]
+        return matches[0] if matches else len(TABLE1_DATASETS)
+
+    table1.sort(key=paper_position)
     if table1:
         tables.append(Table("table1_binary", "Binary semantic segmentation (the paper's Table 1 layout), test %.",
                             table1, main))
     every = list(dict.fromkeys(zip(df["dataset"], df["metric"])))  # per-category IoUs included
     for name, prefix, caption in [("table2_trans10k_v1", "trans10k_v1", "Trans10K-v1 easy / hard (Table 2 layout)"),
                                   ("table3_trans10k_v2", "trans10k_v2", "Trans10K-v2 per category (Table 3 layout)")]:
-        cols = [c for c in every if c[0].split("/")[0] == prefix and c[1] not in TIMING]
+        cols = [c for c in every if analogue.get(c[0].split("/")[0]) == prefix and c[1] not in TIMING]
         if cols:
             tables.append(Table(name, caption + ", test %.", cols, main))
-    others = [c for c in columns if c not in table1 and c[0].split("/")[0] not in ("trans10k_v1", "trans10k_v2")]
+    others = [c for c in columns
+              if c not in table1 and analogue.get(c[0].split("/")[0]) not in ("trans10k_v1", "trans10k_v2")]
     if others:
         tables.append(Table("table_multiclass", "Multi-class semantic segmentation, test %.", others, main))
     more = list(dict.fromkeys(zip(df[in_extra]["dataset"], df[in_extra]["metric"])))
@@ -343,5 +353,8 @@ def build_report(out: Path, reference: bool = False) -> list[Path]:
             written.append(folder / f"{table.name}.{ext}")
         stats.to_csv(folder / f"{table.name}.csv", index=False)
         written.append(folder / f"{table.name}.csv")
+    from .miniature import write_miniature  # deferred: it builds on this module
+
+    written += write_miniature(records, df, folder)
     figures = write_figures(out)
     return written + figures + [write_html(out, rendered, figures)]

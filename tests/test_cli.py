@@ -9,7 +9,7 @@ import torch
 
 from peftbench.cli import main
 from peftbench.data import dataset_cards
-from peftbench.methods import method_specs
+from peftbench.methods.registry import MINIATURE
 from peftbench.records import config_hash, record_path
 
 QUICK = ["--device", "cpu", "--datasets", "synth_road", "--seeds", "0", "--epochs", "1", "--methods", "lora"]
@@ -22,7 +22,10 @@ def run(args, tmp_path):
 def test_run_writes_a_complete_record_and_tables(tmp_path):
     assert run(QUICK, tmp_path) == 0
     record = json.loads(record_path(tmp_path, "synth_road", "lora", 0).read_text())
-    assert set(record["metrics"]["test"]) >= {"iou", "dice", "acc", "ber"}
+    card = dataset_cards()["synth_road"]
+    assert list(record["metrics"]["test"]) == card.metrics + card.extra_metrics
+    assert set(record["metric_definitions"]) == set(card.metrics + card.extra_metrics)
+    assert "original resolution" in record["metric_definitions"]["iou"]["resolution"]
     assert record["params"]["trainable"] > 0 and 0 < record["params"]["ratio_percent"] < 100
     assert {"train_iter_per_s", "train_min_per_epoch", "infer_img_per_s", "peak_memory_mib"} <= set(record["timing"])
     assert record["config"]["lr"] == 3e-3 and record["config"]["epochs"] == 1
@@ -102,12 +105,14 @@ def test_listing_commands(capsys):
 
 @pytest.mark.slow
 def test_the_default_demo_runs_end_to_end(tmp_path):
-    """The README's first command: every method x every synthetic dataset x 3 seeds."""
+    """The README's first command: the miniature's methods x every synthetic dataset x 3 seeds."""
     assert main(["run", "--device", "cpu", "--out", str(tmp_path)]) == 0
     records = list((tmp_path / "runs").glob("*/*/seed*.json"))
     synthetic = [c for c in dataset_cards().values() if c.source == "synthetic"]
-    assert len(records) == len(method_specs()) * len(synthetic) * 3
+    assert len(records) == len(MINIATURE) * len(synthetic) * 3
     assert (tmp_path / "tables" / "metrics.md").is_file()
+    table = (tmp_path / "tables" / "miniature.md").read_text()
+    assert all(f"| {c.name}" in table for c in synthetic)
 
 
 def test_gradient_accumulation_matches_the_full_batch(tmp_path):

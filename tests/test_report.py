@@ -124,3 +124,23 @@ def test_paper_layouts_for_trans10k_and_ablation_tables(tmp_path):
     ablation = (tmp_path / "tables" / "ablation_table7.md").read_text()
     assert "| nas_pc_lora |" in ablation and "| nas_pc_lora_r6 |" in ablation
     assert "nas_pc_lora_r6" not in (tmp_path / "tables" / "table1_binary.md").read_text()
+
+
+def test_miniature_table_answers_both_questions_from_the_records(tmp_path):
+    from peftbench.miniature import miniature_table
+    from peftbench.records import load_records
+    from peftbench.report import long_frame
+
+    rng = np.random.default_rng(0)
+    for seed in range(3):
+        write_record(tmp_path, "decoder_only_random", "leaf", seed, 30.0 + seed, 9.0, rng)
+        write_record(tmp_path, "decoder_only", "leaf", seed, 50.0 + seed, 9.0, rng)
+        write_record(tmp_path, "lora", "leaf", seed, 60.0 + seed, 9.0, rng)
+        write_record(tmp_path, "dora", "leaf", seed, 40.0 + seed, 9.0, rng)  # worse than decoder-only
+    records = load_records(tmp_path)
+    row = miniature_table(records, long_frame(records)).iloc[0]
+    assert row["dataset"] == "leaf" and row["metric"] == "iou"
+    assert row["decoder_only"] == "51.00 ± 1.00" and row["pretrained > random"].startswith("yes (+20.00")
+    assert row["LoRA-family > decoder-only"] == "1/2"
+    lora_only = [r for r in records if r["method"] == "lora"]
+    assert miniature_table(lora_only, long_frame(lora_only)) is None  # nothing to compare

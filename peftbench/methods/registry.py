@@ -104,14 +104,22 @@ def get_method(name: str) -> MethodSpec:
     return specs[name]
 
 
+# The default run: the miniature of the paper's experiment on the shipped pretrained tiny SAM. The decoder-only
+# pair answers "does the pretrained encoder help?", the LoRA family "do adapters help beyond the decoder?".
+MINIATURE = ["decoder_only_random", "decoder_only", "lora", "dora", "conv_lora", "nas_pc_lora"]
+
+
 def resolve_methods(arg: str) -> list[MethodSpec]:
-    """Parse a --methods value: comma-separated names, 'all' (the main methods) or 'ablations' (every variant)."""
+    """Parse a --methods value: comma-separated names, 'all' (the main methods), 'ablations' (every variant) or
+    'miniature' (the default run's methods, MINIATURE)."""
     keyword = arg.strip()
     if keyword in ("all", "ablations"):
         return [s for s in method_specs().values() if bool(s.ablation) == (keyword == "ablations")]
+    if keyword == "miniature":
+        return [get_method(n) for n in MINIATURE]
     names = [n.strip() for n in arg.split(",") if n.strip()]
     if not names:
-        raise UserError("--methods is empty; give comma-separated names, 'all' or 'ablations'")
+        raise UserError("--methods is empty; give comma-separated names, 'all', 'ablations' or 'miniature'")
     return [get_method(n) for n in names]
 
 
