@@ -34,6 +34,15 @@ def _verdict(a: dict[int, float], b: dict[int, float], higher: bool) -> str:
     return f"{'yes' if better else 'no'} ({diff:+.2f}" + (f", p={p:.3f})" if p is not None else ")")
 
 
+def _cell(by_seed: dict[int, float]) -> str:
+    """mean ± std (ddof=1) over seeds; empty when the method did not run."""
+    values = list(by_seed.values())
+    if not values:
+        return ""
+    std = f" ± {np.std(values, ddof=1):.2f}" if len(values) > 1 else ""
+    return f"{np.mean(values):.2f}{std}"
+
+
 def miniature_table(records: list[dict], df: pd.DataFrame) -> pd.DataFrame | None:
     """One row per dataset / test set, or None when decoder_only and decoder_only_random are not both present."""
     methods = set(df["method"])
@@ -51,15 +60,7 @@ def miniature_table(records: list[dict], df: pd.DataFrame) -> pd.DataFrame | Non
             continue
         higher = metric not in LOWER_IS_BETTER
         seeds = {m: dict(zip(g["seed"], g["value"])) for m, g in sub.groupby("method")}
-
-        def cell(method: str) -> str:
-            values = list(seeds.get(method, {}).values())
-            if not values:
-                return ""
-            std = f" ± {np.std(values, ddof=1):.2f}" if len(values) > 1 else ""
-            return f"{np.mean(values):.2f}{std}"
-
-        row = {"dataset": label, "metric": metric, **{m: cell(m) for m in [RANDOM, PRETRAINED, *lora]},
+        row = {"dataset": label, "metric": metric, **{m: _cell(seeds.get(m, {})) for m in [RANDOM, PRETRAINED, *lora]},
                "pretrained > random": _verdict(seeds.get(PRETRAINED, {}), seeds.get(RANDOM, {}), higher)}
         wins = [m for m in lora if _verdict(seeds.get(m, {}), seeds.get(PRETRAINED, {}), higher).startswith("yes")]
         row["LoRA-family > decoder-only"] = f"{len(wins)}/{sum(m in seeds for m in lora)}"
