@@ -167,9 +167,9 @@ def test_merge_is_exact_where_the_registry_says_so(name, tiny_segmenter):
         before = model(x)
         method.merge(model)
         after = model(x)
-    if method.merge_kind == "exact":
+    if method.merge_kind == "exact":  # up to float32 rounding, which grows with the pretrained SAM's larger logits
         for key in before:
-            torch.testing.assert_close(after[key], before[key], rtol=0, atol=1e-5)
+            torch.testing.assert_close(after[key], before[key], rtol=1e-5, atol=1e-5)
     # What is left is the plain SAM segmenter: same modules, same parameter names and shapes.
     plain = tiny_segmenter(3)
     assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}

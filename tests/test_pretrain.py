@@ -44,6 +44,8 @@ def test_pretrain_few_steps_saves_weights_that_reload_as_the_trained_segmenter(t
     assert foreground_iou(segmenter, *val) == pytest.approx(summary["val_iou"], abs=0.5)
     random = load_sam("tiny_random").state_dict()
     assert any(not torch.equal(v, random[k]) for k, v in state.items() if k.startswith("image_encoder"))
+    again, _ = pretrain(PretrainConfig(steps=3, **SMALL))  # deterministic from the seed (one thread)
+    assert all(torch.equal(v, again[k]) for k, v in state.items())
 
 
 def test_pretrain_tiny_cli(tmp_path, monkeypatch, capsys):

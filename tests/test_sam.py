@@ -38,11 +38,11 @@ def test_segmenter_shapes_and_mask_tokens_from_the_single_mask_token(tiny_segmen
     torch.testing.assert_close(probs.sum(1), torch.ones(2, 64, 64))
 
 
-def test_tiny_backbone_is_the_same_whatever_the_global_seed():
+def test_tiny_random_backbone_is_the_same_whatever_the_global_seed():
     torch.manual_seed(1)
-    a = load_sam("tiny").state_dict()
+    a = load_sam("tiny_random").state_dict()
     torch.manual_seed(2)
-    b = load_sam("tiny").state_dict()
+    b = load_sam("tiny_random").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
