@@ -34,7 +34,13 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A zombie has died but was not reaped yet (an orphan in a container whose init never reaps stays one for
+    # good): it holds nothing. Linux only; elsewhere the signal test above decides.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
 
 
 def claim(path: Path, owner: str | None = None) -> bool:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from peftbench.cli import main
 from peftbench.records import record_path
@@ -59,3 +60,16 @@ def test_claims_respect_live_owners_and_take_over_dead_ones(tmp_path):
     holder = json.loads(json.dumps({"host": os.uname().nodename, "pid": dead.pid, "started": 0}))
     lock.write_text(json.dumps(holder))
     assert claim(lock) and json.loads(lock.read_text())["pid"] == os.getpid()
+
+
+def test_a_dead_but_unreaped_process_holds_no_lock(tmp_path):
+    """An orphaned run in a container whose init never reaps stays a zombie: its lock must still be taken over."""
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.time() + 30
+    while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.time() < deadline
+        time.sleep(0.02)
+    lock = tmp_path / "run.lock"
+    lock.write_text(json.dumps({"host": os.uname().nodename, "pid": zombie.pid, "started": 0}))
+    assert claim(lock) and json.loads(lock.read_text())["pid"] == os.getpid()
+    zombie.wait()
