@@ -250,10 +250,17 @@ def plan_tables(records: list[dict], df: pd.DataFrame) -> list[Table]:
     if table1:
         tables.append(Table("table1_binary", "Binary semantic segmentation (the paper's Table 1 layout), test %.",
                             table1, main))
-    every = list(dict.fromkeys(zip(df["dataset"], df["metric"])))  # per-category IoUs included
+    # Table 2: the card's columns per test set; Table 3 adds the per-category IoUs in the card's class order.
+    classes = {r["dataset"]: r["config"]["dataset"].get("classes", []) for r in records}
     for name, prefix, caption in [("table2_trans10k_v1", "trans10k_v1", "Trans10K-v1 easy / hard (Table 2 layout)"),
                                   ("table3_trans10k_v2", "trans10k_v2", "Trans10K-v2 per category (Table 3 layout)")]:
-        cols = [c for c in every if analogue.get(c[0].split("/")[0]) == prefix and c[1] not in TIMING]
+        cols = [c for c in columns if analogue.get(c[0].split("/")[0]) == prefix]
+        if prefix == "trans10k_v2":
+            labels = dict.fromkeys(d for d, _ in cols)
+            for d in labels:
+                found = list(dict.fromkeys(m for m in df[df["dataset"] == d]["metric"] if m.startswith("iou_")))
+                ordered = [f"iou_{c}" for c in classes[d.split("/")[0]] if f"iou_{c}" in found]
+                cols += [(d, m) for m in ordered or found]
         if cols:
             tables.append(Table(name, caption + ", test %.", cols, main))
     others = [c for c in columns
