@@ -342,7 +342,21 @@ def test_symlink_inside_the_archive_is_kept(tmp_path):
         info.external_attr = 0o120777 << 16
         zf.writestr(info, "a.txt")
     target = safe_extract(archive, tmp_path / "raw")
-    assert (target / "data" / "b.txt").read_text() == "a"
+    assert (target / "data" / "b.txt").read_text() == "a" and not (target / "data" / "b.txt").is_symlink()
+
+
+def test_chained_zip_links_cannot_lead_outside(tmp_path):
+    """Each link passes the path check alone (l2 -> ., l1 -> l2/..), chained they would reach the parent."""
+    archive = tmp_path / "chain.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, target in (("l2", "."), ("l1", "l2/..")):
+            info = zipfile.ZipInfo(name)
+            info.external_attr = 0o120777 << 16
+            zf.writestr(info, target)
+        zf.writestr("l1/escaped.txt", "x")
+    with pytest.raises(UserError, match="does not name a file of the archive"):
+        safe_extract(archive, tmp_path / "raw" / "slot")
+    assert not list(tmp_path.rglob("escaped.txt"))
 
 
 # ---------------------------------------------------------------------------------------------- command line

@@ -143,6 +143,8 @@ def _check_member(archive: Path, name: str, link: str | None = None, hardlink: b
 
 
 def _extract_zip(archive: Path, target: Path) -> None:
+    """Members as files; a symlink member becomes a copy of the archive file it names (no link is ever created,
+    so chained links cannot lead outside the target); one naming anything else is refused."""
     with zipfile.ZipFile(archive) as zf:
         members = zf.infolist()
         links = {}
@@ -150,13 +152,18 @@ def _extract_zip(archive: Path, target: Path) -> None:
             if stat.S_ISLNK(info.external_attr >> 16):
                 links[info.filename] = zf.read(info).decode()
             _check_member(archive, info.filename, links.get(info.filename))
+        files = {info.filename for info in members if not info.is_dir() and info.filename not in links}
         for info in members:
-            if info.filename in links:
-                dest = target / info.filename
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.symlink(links[info.filename], dest)
-            else:
+            if info.filename not in links:
                 zf.extract(info, target)
+                continue
+            source = os.path.normpath(os.path.join(os.path.dirname(info.filename), links[info.filename]))
+            if source not in files:
+                raise UserError(f"{archive}: link {info.filename!r} -> {links[info.filename]!r} does not name a file "
+                                "of the archive; archive refused")
+            dest = target / info.filename
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(zf.read(source))
 
 
 def _extract_tar(archive: Path, target: Path) -> None:
