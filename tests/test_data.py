@@ -127,3 +127,18 @@ def test_bad_pairs_stop_the_grid_before_training_or_are_left_out_and_recorded(tm
     assert [e["image"] for e in card.excluded] == ["img/1.jpg"]
     train = build_splits(card, 16)["train"].samples
     assert list(train["image"]) == [str(tmp_path / "img" / f"{i}.jpg") for i in (0, 2)]
+
+
+def test_recording_a_checksum_or_rewording_a_card_keeps_finished_runs():
+    from dataclasses import replace
+
+    from peftbench.methods import get_method
+    from peftbench.records import config_hash
+    from peftbench.runner import GridOptions, resolve_config
+
+    card = next(c for c in dataset_cards().values() if c.source == "prepared")
+    edited = replace(card, description="reworded", paper={}, sources=[{**card.sources[0], "sha256": "ab" * 32}])
+    opts, method = GridOptions(device="cpu"), get_method("lora")
+    assert config_hash(resolve_config(method, card, 0, opts)) == config_hash(resolve_config(method, edited, 0, opts))
+    assert config_hash(resolve_config(method, card, 0, opts)) != config_hash(
+        resolve_config(method, replace(card, epochs=card.epochs + 1), 0, opts))

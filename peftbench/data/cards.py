@@ -54,7 +54,9 @@ class DatasetCard:
     splits: dict = field(default_factory=dict)  # synthetic only: samples per split (test: per test set)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The fields that decide a run's numbers (what run configs hold and hash): not the description, the
+        paper's notes or the download sources, so recording a checksum in a card keeps every finished run."""
+        return {k: v for k, v in asdict(self).items() if k not in ("description", "sources", "paper")}
 
     @property
     def test_names(self) -> list[str]:
