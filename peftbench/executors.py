@@ -310,7 +310,14 @@ def gpu_slots(value: str) -> list[str]:
     missing = [g for g in slots if int(g) >= available]
     if missing:
         raise UserError(f"--gpus {value}: GPU {', '.join(missing)} does not exist (this machine has {available})")
-    return slots
+    return visible_devices(slots)
+
+
+def visible_devices(slots: list[str]) -> list[str]:
+    """CUDA_VISIBLE_DEVICES values for GPU indices as this process counts them: under an inherited
+    CUDA_VISIBLE_DEVICES (e.g. 4,5 from Slurm) index 0 is its first entry, not physical GPU 0."""
+    inherited = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return [inherited[int(g)] for g in slots] if inherited else slots
 
 
 def _ray_task(task: RunTask) -> dict:

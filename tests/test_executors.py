@@ -194,3 +194,12 @@ def test_executor_flags_fail_in_one_line(tmp_path, args, message):
     proc = subprocess.run([sys.executable, "run_all.py", "--methods", "lora", *args, "--out", str(tmp_path)],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_gpu_indices_follow_an_inherited_cuda_visible_devices(monkeypatch):
+    from peftbench.executors import visible_devices
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert visible_devices(["0", "1"]) == ["0", "1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")  # e.g. what Slurm gave this job
+    assert visible_devices(["0", "1"]) == ["4", "5"] and visible_devices(["1"]) == ["5"]
