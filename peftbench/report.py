@@ -29,10 +29,9 @@ from scipy import stats as scipy_stats
 from .figures import write_figures
 from .methods import method_specs
 from .metrics import METRICS
-from .paths import ROOT
 from .records import load_records, set_label
 
-REFERENCE_FILE = ROOT / "peftbench" / "reference" / "paper_results.csv"
+REFERENCE_FILE = Path(__file__).parent / "reference" / "paper_results.csv"
 LOWER_IS_BETTER = {name for name, m in METRICS.items() if not m.higher_is_better} | {
     "mae", "mber", "train_min_per_epoch", "peak_memory_mib"}
 NON_PEFT = {"full_ft", "domain_specific", "sam_scratch", "translab", "trans2seg"}

@@ -101,7 +101,11 @@ def _card_from_toml(path: Path) -> DatasetCard:
 
 def dataset_cards(directory: Path = DATASETS_DIR) -> dict[str, DatasetCard]:
     """All registered dataset cards, by name, sorted."""
-    return {p.stem: _card_from_toml(p) for p in sorted(directory.glob("*.toml"))}
+    paths = sorted(directory.glob("*.toml"))
+    if not paths:
+        raise UserError(f"{directory}: no dataset cards (*.toml); run from the peftbench checkout (pip install -e .) "
+                        "or set PEFTBENCH_ROOT to it")
+    return {p.stem: _card_from_toml(p) for p in paths}
 
 
 def prepared_dir(card: DatasetCard, data_root: Path | None = None) -> Path:

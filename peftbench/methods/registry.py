@@ -89,6 +89,9 @@ def method_specs(directory: Path = METHODS_DIR) -> dict[str, MethodSpec]:
     """All registered methods by name: the main ones (methods/*.toml), then the ablation variants
     (methods/ablations/*.toml)."""
     paths = sorted(directory.glob("*.toml")) + sorted(directory.glob("ablations/*.toml"))
+    if not paths:
+        raise UserError(f"{directory}: no method files (*.toml); run from the peftbench checkout (pip install -e .) "
+                        "or set PEFTBENCH_ROOT to it")
     specs: dict[str, MethodSpec] = {}
     for path in paths:
         if path.stem in specs:
