@@ -97,10 +97,15 @@ def test_dataset_state_reports_missing_and_prepared(tmp_path):
 
 @pytest.mark.parametrize("field, value, message", [("loss", "l2", "loss must be one of"),
                                                    ("select_metric", "nope", "select_metric 'nope'"),
-                                                   ("kind", "regression", "kind must be")])
+                                                   ("kind", "regression", "kind must be"),
+                                                   ("metrics", "sm", "unknown binary metric 'sm'"),
+                                                   ("generator", "blobs", "generator 'blobs' is not one of")])
 def test_card_errors_name_the_file_and_field(tmp_path, field, value, message):
-    text = (f'kind = "binary"\nsource = "synthetic"\nmetrics = ["iou"]\n{field} = "{value}"\n'
-            if field != "kind" else f'kind = "{value}"\nsource = "synthetic"\n')
+    fields = {"kind": '"binary"', "source": '"synthetic"', "generator": '"leaf"', "metrics": '["iou"]',
+              field: f'["{value}"]' if field == "metrics" else f'"{value}"'}
+    if field == "metrics":
+        fields["select_metric"] = f'"{value}"'
+    text = "".join(f"{k} = {v}\n" for k, v in fields.items())
     (tmp_path / "bad.toml").write_text(text)
     with pytest.raises(UserError, match=rf"bad.toml: {message}"):
         dataset_cards(tmp_path)

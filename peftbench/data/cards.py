@@ -96,6 +96,16 @@ def _card_from_toml(path: Path) -> DatasetCard:
         raise UserError(f"{path}: {len(card.classes)} class names for num_classes = {card.num_classes}")
     if card.select_metric not in card.all_metrics:
         raise UserError(f"{path}: select_metric {card.select_metric!r} is not among metrics or extra_metrics")
+    from ..metrics import spec  # deferred: the metrics module imports this package
+    from .synthetic import GENERATORS
+
+    try:
+        for name in card.all_metrics:  # a typo fails here, once, not in every run after its first epoch
+            spec(name, card.kind, card.multiclass_protocol)
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
+    if card.source == "synthetic" and card.generator not in GENERATORS:
+        raise UserError(f"{path}: generator {card.generator!r} is not one of {', '.join(GENERATORS)}")
     return card
 
 
