@@ -341,7 +341,7 @@ class MulticlassMeter:
             raise UserError(f"{len(self.class_names)} class names given for {num_classes} classes: give one per class")
         self.first = 1 if protocol == "trans10k_v1" else 0  # TransLab leaves background out of acc and mIoU
         self.confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-        self.rows: dict[str, list[float]] = {"acc": []} | ({"mae": []} if self.first else {})
+        self.rows: dict[str, list[float]] = {"acc_image": []} | ({"mae": []} if self.first else {})
         self.ber_sum = np.zeros(num_classes)  # trans10k_v1: per class, BER summed over images containing it
         self.ber_images = np.zeros(num_classes, dtype=np.int64)
 
@@ -358,7 +358,7 @@ class MulticlassMeter:
         self.confusion += confusion
         counted = confusion[self.first:].sum()
         correct = np.diag(confusion)
-        self.rows["acc"].append(correct[self.first:].sum() / counted if counted else float("nan"))
+        self.rows["acc_image"].append(correct[self.first:].sum() / counted if counted else float("nan"))
         if self.first:
             index = np.arange(self.k)
             distance = np.abs(index[:, None] - index[None, :])
@@ -379,7 +379,7 @@ class MulticlassMeter:
 
     def results(self) -> dict[str, float]:
         """acc, miou and iou_<class name> for every class; trans10k_v1 adds mae and mber. Display units."""
-        if not self.rows["acc"]:
+        if not self.rows["acc_image"]:
             raise ValueError("MulticlassMeter.results() before any update")
         c = self.confusion
         inter = np.diag(c).astype(np.float64)

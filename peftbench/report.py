@@ -94,6 +94,9 @@ def paired_bootstrap_p(a: dict[int, np.ndarray], b: dict[int, np.ndarray], highe
     if not seeds or any(len(a[s]) != len(b[s]) for s in seeds):
         return None
     diff = (np.mean([a[s] for s in seeds], axis=0) - np.mean([b[s] for s in seeds], axis=0)) * (1 if higher else -1)
+    diff = diff[np.isfinite(diff)]  # images a metric is undefined on (e.g. no foreground class) carry no evidence
+    if not len(diff):
+        return None
     rng = np.random.default_rng(seed)
     means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
     return float((np.sum(means <= 0) + 1) / (resamples + 1))

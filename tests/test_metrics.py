@@ -229,7 +229,7 @@ def test_trans10k_v2_accumulates_over_the_dataset_and_ignores_255():
     assert r["miou"] == pytest.approx(100 * (1 + 0.5 + 0) / 3)
     assert r["iou_class2"] == 0.0 and r["iou_class0"] == pytest.approx(100.0)
     assert set(r) == {"acc", "miou", "iou_class0", "iou_class1", "iou_class2"}
-    assert meter.rows == {"acc": [pytest.approx(2 / 3)]}
+    assert meter.rows == {"acc_image": [pytest.approx(2 / 3)]}
 
 
 def test_trans10k_v1_and_v2_differ_on_one_image():
@@ -256,7 +256,7 @@ def test_trans10k_v1_mber_averages_each_class_over_the_images_containing_it():
     r = meter.results()
     assert r["mber"] == pytest.approx(100 * ((1 / 6 + 1 / 4) / 2 + 1 / 2) / 2)
     assert meter.rows["mae"] == [pytest.approx(0.25), pytest.approx(0.25)]
-    assert meter.rows["acc"] == [pytest.approx(0.5), pytest.approx(1.0)]
+    assert meter.rows["acc_image"] == [pytest.approx(0.5), pytest.approx(1.0)]
 
 
 def test_multiclass_input_errors():
