@@ -192,6 +192,8 @@ def test_bad_pairs_are_reported_by_name_then_excluded_with_skip_bad(tmp_path):
     record = prepared_json(out)
     assert record["excluded_count"] == 3 and sum(record["counts"].values()) == 14
     assert {Path(e["image"]).stem for e in record["excluded"]} == {"truncated", "small_mask", "blurred"}
+    assert all(not os.path.isabs(e["image"]) and (out / e["image"]).is_file() for e in record["excluded"])
+    assert len(resolve_dataset("sbu", tmp_path / "data").excluded) == 3  # counted in every run's record
     out, _ = run_prepare(CARDS["sbu"], inputs, tmp_path / "binarized", skip_bad=True, binarize=True)
     assert prepared_json(out)["excluded_count"] == 2  # --binarize repairs the anti-aliased mask
 

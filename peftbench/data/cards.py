@@ -128,6 +128,15 @@ def is_prepared(folder: Path) -> bool:
     return (folder / "prepared.json").is_file()
 
 
+def _read_prepared(folder: Path) -> dict:
+    """prepared.json of a prepared folder; {} when unreadable."""
+    try:
+        data = json.loads((folder / "prepared.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def dataset_state(card: DatasetCard, data_root: Path | None = None) -> str:
     """One line for `peftbench datasets`: images per split, or the command that prepares a missing dataset."""
     if card.source == "synthetic":
@@ -136,9 +145,8 @@ def dataset_state(card: DatasetCard, data_root: Path | None = None) -> str:
     folder = prepared_dir(card, data_root)
     if not is_prepared(folder):
         return f"missing: peftbench prepare {card.name}"
-    try:
-        counts = json.loads((folder / "prepared.json").read_text())["counts"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+    counts = _read_prepared(folder).get("counts")
+    if not isinstance(counts, dict):
         return f"unreadable {folder / 'prepared.json'}: prepare again"
     tests = "+".join(str(counts.get(f"test:{t}", counts.get("test", "?"))) for t in card.test_names)
     return f"prepared {counts.get('train', '?')}/{counts.get('val', '?')}/{tests}"
@@ -157,6 +165,8 @@ def resolve_dataset(arg: str, data_root: Path | None = None) -> DatasetCard:
                 root = f" --data-root {data_root}" if data_root else ""
                 raise UserError(f"--datasets {arg}: not prepared in {folder}; run `peftbench prepare {arg}{root}` first")
             card.path = str(folder)
+            # Pairs `prepare --skip-bad` left out (paths relative to the folder): counted in every run's record.
+            card.excluded = _read_prepared(folder).get("excluded", [])
         return card
     path = Path(arg)
     if data_root is not None and not path.exists():

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import os
 import re
 import shutil
@@ -31,6 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from ..errors import UserError
+from ..records import write_json_atomic
 from .cards import DatasetCard, is_prepared, prepared_dir
 from .layouts import LAYOUTS, Context, Splits, find_roots, merge
 from .validate import Problem, drop_problems, validate_pairs
@@ -325,12 +325,6 @@ def _csv_name(split: str) -> str:
     return "test.csv" if split == "test" else f"test_{split.split(':', 1)[1]}.csv" if ":" in split else f"{split}.csv"
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def prepare(card: DatasetCard, inputs: list[str] | None = None, source: str | None = None,
             data_root: Path | None = None, skip_bad: bool = False, force: bool = False, binarize: bool = False,
             tile: int | None = None, console: Console | None = None) -> Path:
@@ -389,11 +383,12 @@ def prepare(card: DatasetCard, inputs: list[str] | None = None, source: str | No
         version = metadata.version("peftbench")
     except metadata.PackageNotFoundError:
         version = "unknown"
-    _write_json(out / "prepared.json", {
+    write_json_atomic(out / "prepared.json", {
         "dataset": card.name, "source": kind, "inputs": record, "layouts": notes,
         "split_seed": card.split_seed, "counts": {s: len(f) for s, f in frames.items()},
         "csv": {s: _csv_name(s) for s in frames}, "missing_test_sets": missing_tests,
-        "excluded": [p.as_dict() for p in problems], "excluded_count": len(problems),
+        "excluded": [{**p.as_dict(), "image": os.path.relpath(p.image, out), "label": os.path.relpath(p.label, out)}
+                     for p in problems], "excluded_count": len(problems),
         "validation": "every image fully decoded; label size and values checked (peftbench.data.validate)",
         "options": {"binarize": binarize, "tile": tile, "skip_bad": skip_bad},
         "peftbench_version": version, "date": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -128,7 +128,7 @@ def screen_card(card: DatasetCard, skip_bad: bool, console: Console) -> None:
     """Check every pair of a file-backed dataset before any run trains on it. Problems are printed with their
     file names; then either a UserError stops the grid, or (`skip_bad`) the pairs are listed in `card.excluded`,
     which the loader drops and every run's config and record keep."""
-    if card.source == "synthetic":
+    if card.source != "files":  # synthetic data, or prepared (prepare decoded and checked every pair)
         return
     splits = read_manifest(Path(card.path))
     with console.status(f"checking the image/label pairs of {card.name}"):
