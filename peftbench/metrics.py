@@ -279,15 +279,20 @@ def weighted_f_measure(pred: np.ndarray, gt: np.ndarray, beta2: float = 1.0) -> 
 
 
 BINARY_ROWS = ("iou", "dice", "acc", "tjac", "ber_image", "s_alpha", "e_phi", "f_w_beta", "mae")
+SOD_METRICS = ("s_alpha", "e_phi", "f_w_beta", "mae")  # soft-map metrics: the costly ones at full resolution
 
 
 class BinaryMeter:
     """Binary metrics over a test set, one image per `update`. `rows[name]` holds the per-image fractions, in test
-    order, of every per-image metric (`BINARY_ROWS`); the accumulated BER keeps only its summed counts."""
+    order, of every per-image metric (`BINARY_ROWS`); the accumulated BER keeps only its summed counts.
+    `sod`: which of SOD_METRICS to compute (default all; a distance transform per image is not free on a
+    6000-px ISIC original, so callers ask only for what they report)."""
 
-    def __init__(self, f_beta2: float = 1.0) -> None:
+    def __init__(self, f_beta2: float = 1.0, sod: tuple[str, ...] = SOD_METRICS) -> None:
         self.f_beta2 = f_beta2
-        self.rows: dict[str, list[float]] = {name: [] for name in BINARY_ROWS}
+        self.sod = [name for name in SOD_METRICS if name in sod]
+        self.rows: dict[str, list[float]] = {name: [] for name in BINARY_ROWS
+                                             if name not in SOD_METRICS or name in self.sod}
         self.ber_counts = np.zeros(4, dtype=np.int64)  # TP, FP, FN, TN at 125/255, summed over images
 
     def update(self, prob: np.ndarray, gt: np.ndarray) -> None:
@@ -302,18 +307,19 @@ class BinaryMeter:
         iou = tp / (tp + fp + fn) if tp + fp + fn else 0.0
         ber_counts = _confusion(prob * 255 > 125, gt)  # label * 255 > 125 is gt itself
         self.ber_counts += ber_counts
-        pred = _sod_normalise(prob)
         values = {
             "iou": iou,
             "dice": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
             "acc": (tp + tn) / gt.size,
             "tjac": iou if iou >= TJAC_CUTOFF else 0.0,
             "ber_image": float(np.mean(_ber_errors(*ber_counts))),
-            "s_alpha": s_measure(pred, gt),
-            "e_phi": float(e_measure_curve(pred, gt).mean()),
-            "f_w_beta": weighted_f_measure(pred, gt, self.f_beta2),
-            "mae": float(np.abs(pred - gt).mean()),
         }
+        if self.sod:
+            pred = _sod_normalise(prob)
+            soft = {"s_alpha": lambda: s_measure(pred, gt), "e_phi": lambda: e_measure_curve(pred, gt).mean(),
+                    "f_w_beta": lambda: weighted_f_measure(pred, gt, self.f_beta2),
+                    "mae": lambda: np.abs(pred - gt).mean()}
+            values.update({name: soft[name]() for name in self.sod})
         for name, value in values.items():
             self.rows[name].append(float(value))
 

@@ -25,7 +25,7 @@ from .errors import UserError
 from .losses import balanced_bce, bce_dice, multiclass_loss, structure_loss
 from .methods import Method, MethodSpec
 from .methods.base import trainable_state
-from .metrics import METRICS, BinaryMeter, MulticlassMeter, provenance
+from .metrics import BinaryMeter, MulticlassMeter, provenance, spec
 from .records import config_hash
 from .resume import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .sam import load_sam, official_param_count, random_sam
@@ -169,9 +169,10 @@ RESOLUTIONS = {"original": "the label's original resolution (prediction bilinear
                "input": "the {size}x{size} model input (label nearest-resized)"}
 
 
-def meter_for(card: DatasetCard) -> BinaryMeter | MulticlassMeter:
+def meter_for(card: DatasetCard, names: list[str]) -> BinaryMeter | MulticlassMeter:
+    """A meter computing (at least) the metrics `names` of the card's kind and protocol."""
     if card.kind == "binary":
-        return BinaryMeter(card.f_beta2)
+        return BinaryMeter(card.f_beta2, sod=tuple(names))
     return MulticlassMeter(card.num_classes, card.multiclass_protocol, card.class_names)
 
 
@@ -190,13 +191,14 @@ def _score(meter: BinaryMeter | MulticlassMeter, probs: torch.Tensor, label: np.
 @torch.no_grad()
 def evaluate(model: SamSegmenter, loader: DataLoader, card: DatasetCard, device: torch.device,
              precision: str = "fp32", keyed: Callable = lambda keys: nullcontext(),
-             resolution: str = "original") -> tuple[dict, dict, float]:
+             resolution: str = "original", names: list[str] | None = None) -> tuple[dict, dict, float]:
     """Returns (every metric of the card, per-image rows, images per second). Loaders yield (x, y, keys) with
     key = 2 * index + flipped (see SegmentationDataset); `keyed(keys)`: the embedding-cache context for a batch
     (see speed.CachedEncoder). Only the forward pass is timed. Scoring happens at each label's original size, or
     with `resolution="input"` against the nearest-resized label the model trains on (the Conv-LoRA harness)."""
     model.eval()
-    meter = meter_for(card)
+    names = names or card.all_metrics
+    meter = meter_for(card, names)
     images, elapsed = 0, 0.0
     for x, y, keys in loader:
         x = x.to(device, non_blocking=True)
@@ -210,10 +212,7 @@ def evaluate(model: SamSegmenter, loader: DataLoader, card: DatasetCard, device:
         for p, label, key in zip(probs.float().cpu(), y.numpy(), keys.tolist()):
             _score(meter, p, loader.dataset.original_label(key // 2) if resolution == "original" else label)
     results = meter.results()
-    wanted = card.all_metrics + [k for k in results if k.startswith("iou_")]
-    missing = [m for m in card.all_metrics if m not in results]
-    if missing:
-        raise UserError(f"dataset card {card.name}: metrics {missing} do not exist for a {card.kind} task")
+    wanted = names + [k for k in results if k.startswith("iou_")]
     return {m: results[m] for m in dict.fromkeys(wanted)}, meter.rows, images / max(elapsed, 1e-9)
 
 
@@ -301,7 +300,7 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
         if chunk:
             yield chunk
 
-    select = METRICS[card.select_metric]
+    select = spec(card.select_metric, card.kind, card.multiclass_protocol)
     best_score, best_state, best_epoch, stale = None, None, -1, 0
     history, train_time, passes, train_images = [], 0.0, 0, 0
     saved = load_checkpoint(checkpoint, config_hash(config)) if checkpoint else None
@@ -345,7 +344,7 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
         passes += epoch_passes
 
         val_metrics, _, _ = evaluate(model, eval_loader("val"), card, device, config["precision"], keyed("val"),
-                                     config["eval_resolution"])
+                                     config["eval_resolution"], names=[card.select_metric])
         score = val_metrics[card.select_metric]
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val": val_metrics,
                         "train_s": epoch_time, "train_passes": epoch_passes})

@@ -290,3 +290,13 @@ def test_provenance_records_resolution_protocol_and_beta2():
     p = provenance(["acc", "iou_things"], "multiclass", "trans10k_v1", "512x512", 1.0)
     assert p["acc"]["protocol"] == "trans10k_v1" and "background" in p["acc"]["definition"]
     assert p["iou_things"]["aggregation"] == "dataset"
+
+
+def test_binary_meter_computes_only_the_soft_map_metrics_asked_for():
+    rng = np.random.default_rng(1)
+    prob, gt = rng.random((24, 32)), rng.random((24, 32)) > 0.6
+    full, some = BinaryMeter(), BinaryMeter(sod=("s_alpha",))
+    full.update(prob, gt)
+    some.update(prob, gt)
+    assert set(some.rows) == set(BINARY_ROWS) - {"e_phi", "f_w_beta", "mae"}
+    assert some.results()["s_alpha"] == full.results()["s_alpha"] and "f_w_beta" not in some.results()
