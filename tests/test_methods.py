@@ -343,3 +343,13 @@ def test_variants_inherit_their_base_and_a_missing_base_is_a_clear_error(tmp_pat
     (tmp_path / "ablations" / "bad.toml").write_text('base = "nope"\n')
     with pytest.raises(UserError, match="base method 'nope'"):
         method_specs(tmp_path)
+
+
+def test_keywords_all_ablations_and_miniature():
+    from peftbench.methods.registry import MINIATURE, resolve_methods
+
+    main = {m.name for m in resolve_methods("all")}
+    assert "decoder_only_random" not in main and {"sam_scratch", "nas_pc_lora"} <= main  # a control, a paper row
+    assert not main & {m.name for m in resolve_methods("ablations")}
+    assert [m.name for m in resolve_methods("miniature")] == MINIATURE
+    assert method_specs()["decoder_only_random"].backbone == method_specs()["sam_scratch"].backbone == "random"

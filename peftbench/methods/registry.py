@@ -38,6 +38,7 @@ class MethodSpec:
     paper: dict = field(default_factory=dict)  # what the NAS-LoRA paper reports: params_m (vit_h), params_note
     ablation: str = ""  # the paper table this variant belongs to; empty for a main method
     backbone: str = "pretrained"  # or "random": the same SAM architecture at a fixed random initialisation
+    control: bool = False  # an experiment's control, not a method of the paper: left out of --methods all
 
     def build(self):
         return FAMILIES[self.family](**self.hparams)
@@ -82,7 +83,7 @@ def _read_spec(path: Path, directory: Path) -> MethodSpec:
     if backbone not in BACKBONES:
         raise UserError(f"{path}: backbone must be one of {', '.join(BACKBONES)}, not {backbone!r}")
     return MethodSpec(path.stem, family, data.get("description", ""), data.get("hparams", {}), data.get("train", {}),
-                      data.get("paper", {}), data.get("ablation", ""), backbone)
+                      data.get("paper", {}), data.get("ablation", ""), backbone, bool(data.get("control", False)))
 
 
 def method_specs(directory: Path = METHODS_DIR) -> dict[str, MethodSpec]:
@@ -115,11 +116,12 @@ MINIATURE = ["decoder_only_random", "decoder_only", "lora", "nas_pc_lora"]
 
 
 def resolve_methods(arg: str) -> list[MethodSpec]:
-    """Parse a --methods value: comma-separated names, 'all' (the main methods), 'ablations' (every variant) or
-    'miniature' (the default run's methods, MINIATURE)."""
+    """Parse a --methods value: comma-separated names, 'all' (the paper's main methods), 'ablations' (every
+    variant) or 'miniature' (the default run's methods, MINIATURE, controls included)."""
     keyword = arg.strip()
     if keyword in ("all", "ablations"):
-        return [s for s in method_specs().values() if bool(s.ablation) == (keyword == "ablations")]
+        return [s for s in method_specs().values()
+                if bool(s.ablation) == (keyword == "ablations") and not s.control]
     if keyword == "miniature":
         return [get_method(n) for n in MINIATURE]
     names = [n.strip() for n in arg.split(",") if n.strip()]
