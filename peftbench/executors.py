@@ -321,13 +321,13 @@ def visible_devices(slots: list[str]) -> list[str]:
 
 
 def _ray_task(task: RunTask) -> dict:
-    """A run as a Ray task. The Ray worker has run no torch operation and is reused for later tasks, so each run
-    is forked from it directly; the task id survives Ray's retries after a lost node, so the retry takes over its
-    own lock."""
+    """A run as a Ray task, in a process from a forkserver (a Ray worker runs gRPC threads, and forking a
+    multi-threaded process can deadlock the child); the task id survives Ray's retries after a lost node, so the
+    retry takes over its own lock."""
     import ray
 
     context = ray.get_runtime_context()
-    return run_isolated(task, gpu=os.environ.get("CUDA_VISIBLE_DEVICES"), start_method="fork",
+    return run_isolated(task, gpu=os.environ.get("CUDA_VISIBLE_DEVICES"),
                         threads=int(context.get_assigned_resources().get("CPU", 1)) or None,
                         owner=f"ray:{context.get_task_id()}")
 
