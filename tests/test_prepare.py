@@ -429,3 +429,13 @@ def test_shared_file_name_is_matched_to_the_entry_with_its_checksum(tmp_path):
     record = prepared_json(out)["inputs"][0]
     assert record["source"] == "sbu_shadow" and record["checksum_in_card"] and "no checksum" not in text
     assert card.sources[0]["name"] == "convlora" and (out / "raw" / "sbu_shadow").is_dir()
+
+
+def test_force_keeps_a_good_dataset_when_the_new_sources_need_a_manual_step(tmp_path):
+    inputs, _ = fx.build("official", "leaf", tmp_path / "src")
+    out, _ = run_prepare(CARDS["leaf"], inputs, tmp_path / "data")
+    with pytest.raises(UserError, match="download the files above by hand"):
+        prepare(CARDS["leaf"], source="official", data_root=tmp_path / "data", force=True, console=Console(quiet=True))
+    assert is_prepared(out)
+    with pytest.raises(UserError, match="--tile 500: only the road dataset"):
+        prepare(CARDS["leaf"], inputs, data_root=tmp_path / "data", force=True, tile=500, console=Console(quiet=True))

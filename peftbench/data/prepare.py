@@ -338,12 +338,9 @@ def prepare(card: DatasetCard, inputs: list[str] | None = None, source: str | No
     if is_prepared(out) and not force:
         console.print(f"{card.name}: already prepared in {out} (--force to prepare again)")
         return out
-    (out / "prepared.json").unlink(missing_ok=True)
-    for stale in ("raw", "converted"):
-        if force:
-            shutil.rmtree(out / stale, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    entries = _choose_sources(card, source)
+    if tile and card.name != "road":
+        raise UserError(f"--tile {tile}: only the road dataset (Massachusetts Roads' 1500 px tiles) is tiled")
+    entries = _choose_sources(card, source)  # checked before anything of an earlier prepare is removed
     if not inputs:
         manual = [e for e in entries if e.get("manual") or not e.get("url")]
         if manual:
@@ -352,6 +349,11 @@ def prepare(card: DatasetCard, inputs: list[str] | None = None, source: str | No
         inputs = [e["url"] for e in entries]
     elif source is None:
         entries = card.sources  # given files: whichever layout they hold
+    (out / "prepared.json").unlink(missing_ok=True)
+    for stale in ("raw", "converted"):
+        if force:
+            shutil.rmtree(out / stale, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
     folders, record = _fetch(card, inputs, out, console)
     console.print(f"converting {card.name}")
     kind, splits, notes, bad = _convert(card, folders, entries, out, binarize, tile)
