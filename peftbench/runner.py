@@ -3,7 +3,6 @@ then summarise and render the tables."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -15,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .data import DatasetCard
+from .data.prepare import file_digest
 from .executors import Executor, LocalExecutor, RunTask
 from .methods import MethodSpec
 from .records import environment, is_complete, record_path
@@ -28,11 +28,8 @@ DEFAULTS = {"batch_size": 4, "weight_decay": 1e-4, "grad_clip": 1.0, "patience":
 
 @lru_cache(maxsize=4)
 def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """A checkpoint's sha256, hashed once per process (every run of a grid records it)."""
+    return file_digest(Path(path))[0]
 
 
 @dataclass
