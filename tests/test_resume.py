@@ -10,7 +10,7 @@ from pathlib import Path
 
 from peftbench.cli import main
 from peftbench.records import record_path
-from peftbench.resume import claim, release
+from peftbench.resume import _alive, claim, release
 
 ARGS = ["--device", "cpu", "--datasets", "synth_road", "--methods", "lora", "--seeds", "0"]
 
@@ -32,7 +32,14 @@ def test_a_run_killed_mid_training_resumes_to_the_uninterrupted_record(tmp_path)
     os.kill(proc.pid, signal.SIGKILL)  # kill -9 after the first finished epoch
     proc.wait()
     assert checkpoint.exists() and not record_path(out, "synth_road", "lora", 0).exists()
-    assert (out / "locks" / "synth_road" / "lora" / "seed0.lock").exists()  # left behind by the dead process
+    lock = out / "locks" / "synth_road" / "lora" / "seed0.lock"
+    assert lock.exists()  # left behind by the dead grid
+    # The run's own process dies with the grid (its forkserver exits, then the death signal): a moment later.
+    holder = json.loads(lock.read_text())["pid"]
+    deadline = time.time() + 30
+    while _alive(holder):
+        assert time.time() < deadline, "the killed grid's run process is still alive"
+        time.sleep(0.05)
     assert main(["run", *args, "--out", str(out)]) == 0  # takes the stale lock over and continues
     straight, resumed = (json.loads(record_path(d, "synth_road", "lora", 0).read_text()) for d in (tmp_path / "straight", out))
     assert resumed["metrics"] == straight["metrics"] and untimed(resumed) == untimed(straight)
