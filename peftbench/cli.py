@@ -50,6 +50,10 @@ def _seeds(value: str) -> list[int]:
     return seeds
 
 
+EXECUTOR_DEFAULTS = {"ray_address": None, "ray_cpus_per_run": "1", "slurm_partition": None, "slurm_time": "24:00:00",
+                     "slurm_gpus_per_task": "1", "slurm_cpus_per_task": "6"}
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default="miniature",
                    help="comma-separated registered methods, 'all' (the main methods), 'ablations' (the paper's "
@@ -91,15 +95,19 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", default=None, help="local: one worker per listed GPU, e.g. 0,1,2,3")
     p.add_argument("--in-process", action="store_true",
                    help="local: train in this process (debugging; a crash ends the grid)")
-    p.add_argument("--ray-address", default=None,
+    p.add_argument("--ray-address", default=EXECUTOR_DEFAULTS["ray_address"],
                    help="ray: 'auto' or ray://host:port joins a running cluster (default: a local instance)")
-    p.add_argument("--ray-cpus-per-run", default="1", help="ray: CPUs (torch threads) per run (default 1)")
-    p.add_argument("--slurm-partition", default=None, help="slurm: partition (default: the cluster's default)")
-    p.add_argument("--slurm-time", default="24:00:00",
+    p.add_argument("--ray-cpus-per-run", default=EXECUTOR_DEFAULTS["ray_cpus_per_run"],
+                   help="ray: CPUs (torch threads) per run (default 1)")
+    p.add_argument("--slurm-partition", default=EXECUTOR_DEFAULTS["slurm_partition"],
+                   help="slurm: partition (default: the cluster's default)")
+    p.add_argument("--slurm-time", default=EXECUTOR_DEFAULTS["slurm_time"],
                    help="slurm: time limit per run, minutes or HH:MM:SS (default 24:00:00); a run reaching it "
                         "is requeued and continues from its last checkpoint")
-    p.add_argument("--slurm-gpus-per-task", default="1", help="slurm: GPUs per run (default 1; 0 trains on CPUs)")
-    p.add_argument("--slurm-cpus-per-task", default="6", help="slurm: CPUs per run (default 6: 4 loader workers)")
+    p.add_argument("--slurm-gpus-per-task", default=EXECUTOR_DEFAULTS["slurm_gpus_per_task"],
+                   help="slurm: GPUs per run (default 1; 0 trains on CPUs)")
+    p.add_argument("--slurm-cpus-per-task", default=EXECUTOR_DEFAULTS["slurm_cpus_per_task"],
+                   help="slurm: CPUs per run (default 6: 4 loader workers)")
 
 
 def _minutes(flag: str, value: str) -> int:
@@ -118,6 +126,11 @@ def _executor(args: argparse.Namespace):
     local_only = [flag for flag, given in (("--gpus", args.gpus), ("--in-process", args.in_process)) if given]
     if args.executor != "local" and local_only:
         raise UserError(f"{local_only[0]} is for --executor local, not {args.executor}")
+    for executor in ("ray", "slurm"):  # another executor's flags would be ignored silently
+        given = [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
+                 if k.startswith(f"{executor}_") and v != EXECUTOR_DEFAULTS[k]]
+        if given and args.executor != executor:
+            raise UserError(f"{given[0]} is for --executor {executor}, not {args.executor}")
     if args.gpus and args.in_process:
         raise UserError("--in-process trains one run at a time in this process; leave out --gpus or --in-process")
     if args.executor == "ray":

@@ -189,6 +189,8 @@ def test_a_lock_of_the_same_slurm_job_is_taken_over_after_a_requeue(tmp_path):
     (["--gpus", "0,1"], "--gpus 0,1: this machine has no CUDA GPU"),
     (["--executor", "ray", "--gpus", "0"], "--gpus is for --executor local"),
     (["--executor", "slurm", "--slurm-time", "1h"], "--slurm-time '1h'"),
+    (["--slurm-partition", "gpu"], "--slurm-partition is for --executor slurm, not local"),
+    (["--executor", "slurm", "--ray-address", "auto"], "--ray-address is for --executor ray, not slurm"),
 ])
 def test_executor_flags_fail_in_one_line(tmp_path, args, message):
     proc = subprocess.run([sys.executable, "run_all.py", "--methods", "lora", *args, "--out", str(tmp_path)],
