@@ -56,15 +56,18 @@ def resolve_config(method: MethodSpec, card: DatasetCard, seed: int, opts: GridO
     `opts.device` "cpu" or "cuda" is taken as resolved (by an executor, for its workers); "auto" looks here."""
     device = resolve_device(opts.device) if opts.device == "auto" else torch.device(opts.device)
     train = method.train
+    # A random backbone uses no weights: neither the checkpoint nor the shipped tiny weights are part of its config.
+    checkpoint = opts.checkpoint if method.backbone == "pretrained" else None
+    architecture = "tiny_random" if opts.sam == "tiny" and method.backbone == "random" else opts.sam
     return {
         **DEFAULTS,
         "method": method.as_dict(),
         "dataset": card.as_dict(),
         "seed": seed,
         "sam": opts.sam,
-        "sam_spec": spec_dict(opts.sam),
-        "checkpoint": opts.checkpoint,
-        "checkpoint_sha256": file_sha256(opts.checkpoint) if opts.checkpoint else None,
+        "sam_spec": spec_dict(architecture),
+        "checkpoint": checkpoint,
+        "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,
         "device": device.type,
         "precision": resolve_precision(opts.precision, device),
         "epochs": opts.epochs or train.get("epochs", card.epochs),

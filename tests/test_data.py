@@ -147,3 +147,14 @@ def test_recording_a_checksum_or_rewording_a_card_keeps_finished_runs():
     assert config_hash(resolve_config(method, card, 0, opts)) == config_hash(resolve_config(method, edited, 0, opts))
     assert config_hash(resolve_config(method, card, 0, opts)) != config_hash(
         resolve_config(method, replace(card, epochs=card.epochs + 1), 0, opts))
+
+
+def test_a_random_backbone_config_carries_no_weights():
+    from peftbench.methods import get_method
+    from peftbench.runner import GridOptions, resolve_config
+
+    card, opts = dataset_cards()["synth_leaf"], GridOptions(device="cpu")
+    pretrained = resolve_config(get_method("decoder_only"), card, 0, opts)
+    random = resolve_config(get_method("decoder_only_random"), card, 0, opts)
+    assert "weights_sha256" in pretrained["sam_spec"] and "weights_sha256" not in random["sam_spec"]
+    assert random["sam"] == "tiny" and random["checkpoint"] is None
