@@ -20,6 +20,7 @@ from ..segmenter import IMAGENET_MEAN, IMAGENET_STD
 from .cards import DatasetCard
 from .files import IGNORE_LABEL, read_manifest
 from .synthetic import generate
+from .validate import drop_images
 
 SPLIT_OFFSETS = {"train": 0, "val": 1, "test": 2}
 CACHE_BYTES = 2**30  # per split and per loader worker: 1024 px pairs are 4 MiB, so ~250 images
@@ -102,9 +103,8 @@ def _synthetic_splits(card: DatasetCard) -> dict[str, tuple[np.ndarray, np.ndarr
 
 def _kept(card: DatasetCard, splits: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """The manifest without the pairs `--skip-bad` excluded (card.excluded)."""
-    bad = {os.path.normpath(os.path.join(card.base_dir, e["image"])) for e in card.excluded}
-    return {split: df[~df["image"].map(os.path.normpath).isin(bad)].reset_index(drop=True)
-            for split, df in splits.items()}
+    bad = [os.path.join(card.base_dir, e["image"]) for e in card.excluded]
+    return {split: drop_images(df, bad) for split, df in splits.items()}
 
 
 def build_splits(card: DatasetCard, size: int, keys: bool = False) -> dict[str, SegmentationDataset]:

@@ -33,7 +33,7 @@ from ..errors import UserError
 from ..records import write_json_atomic
 from .cards import DatasetCard, is_prepared, prepared_dir
 from .layouts import LAYOUTS, Context, Splits, find_roots, merge
-from .validate import Problem, drop_problems, validate_pairs
+from .validate import Problem, drop_images, validate_pairs
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 CHUNK = 1 << 20
@@ -373,7 +373,7 @@ def prepare(card: DatasetCard, inputs: list[str] | None = None, source: str | No
         if not skip_bad:
             raise UserError(f"{card.name}: {len(problems)} bad image/label pairs (listed above); fix them, or "
                             "prepare again with --skip-bad to exclude them (and --binarize for anti-aliased masks)")
-        frames = {s: drop_problems(f, [p for p in problems if p.split == s]) for s, f in frames.items()}
+        frames = {s: drop_images(f, [p.image for p in problems if p.split == s]) for s, f in frames.items()}
     _check_splits(card, {s: list(zip(f["image"], f["label"])) for s, f in frames.items()})
 
     for old in out.glob("test*.csv"):

@@ -118,10 +118,10 @@ def validate_pairs(frame: pd.DataFrame, kind: str, num_classes: int, split: str,
         return [p for p in found if p is not None]
 
 
-def drop_problems(frame: pd.DataFrame, problems: list[Problem]) -> pd.DataFrame:
-    """The frame without the rows whose image appears in `problems`."""
-    bad = {p.image for p in problems}
-    return frame[~frame["image"].astype(str).isin(bad)].reset_index(drop=True)
+def drop_images(frame: pd.DataFrame, images: list[str]) -> pd.DataFrame:
+    """The frame without the rows whose image path is one of `images` (paths compared normalised)."""
+    bad = {os.path.normpath(i) for i in images}
+    return frame[~frame["image"].astype(str).map(os.path.normpath).isin(bad)].reset_index(drop=True)
 
 
 def screen_card(card: DatasetCard, skip_bad: bool, console: Console) -> None:
