@@ -1,21 +1,28 @@
 """Does the input pipeline stall training? Step time with the real DataLoader against the same batches in memory.
 
-    python benchmarks/loader_overhead.py --dataset synth_leaf --method lora --epochs 3
+    python benchmarks/loader_overhead.py --dataset synth_leaf --method lora --epochs 10
+    python benchmarks/loader_overhead.py --dataset synth_leaf --method decoder_only --as-files 512
 
-Both loops run the trainer's own step (`Optimization`, `training_loss`) on the same model; the in-memory loop
-replays the batches the loader produced in the first epoch. Epoch 1 of the loader loop fills the decoded-image
-cache and is not timed. Prints and writes (benchmarks/results/loader_<dataset>_<method>.json) the ratio.
+Both loops run the trainer's step (`Optimization`, `training_loss`, and for frozen encoders the embedding cache)
+on the same model; the in-memory loop replays batches the loader produced. Untimed warm-up epochs first fill the
+decoded-image cache (and, for frozen encoders, the embedding cache for every image and flip), as the trainer's
+first epochs do. `--as-files PX` writes the dataset as PNG files of PX x PX pixels in the folder layout and loads
+those, so the loader decodes and resizes real files. Each loader step (fetch + step) is paired with a step on an
+in-memory batch, alternating which runs first, so drift of the machine hits both alike. Prints and writes the
+ratio of the summed step times (benchmarks/results/loader_<dataset>_<method>[_files<PX>]_<device>.json).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from peftbench.data import resolve_dataset
@@ -23,63 +30,119 @@ from peftbench.data.loading import build_splits
 from peftbench.methods import get_method
 from peftbench.records import environment
 from peftbench.runner import GridOptions, resolve_config
+from peftbench.speed import CachedEncoder, embedding_cache
 from peftbench.train import Optimization, build_model, resolve_device, seed_everything, training_loss
+
+
+def write_as_files(card, size: int, folder: Path) -> Path:
+    """The card's splits as train/val/test folders of images/ and masks/ PNGs, resized to `size` px."""
+    for split, data in build_splits(card, card.size).items():
+        images, labels = data.samples
+        name = "test" if split.startswith("test") else split
+        for sub in ("images", "masks"):
+            (folder / name / sub).mkdir(parents=True, exist_ok=True)
+        for i, (image, label) in enumerate(zip(images, labels)):
+            stem = f"{split.replace(':', '_')}_{i:04d}"
+            Image.fromarray(image).resize((size, size), Image.BICUBIC).save(folder / name / "images" / f"{stem}.png")
+            Image.fromarray(label * (255 // max(1, label.max()))).resize((size, size), Image.NEAREST).save(
+                folder / name / "masks" / f"{stem}.png")
+    return folder
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="synth_leaf")
+    parser.add_argument("--data-root", default=None)
     parser.add_argument("--method", default="lora")
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs of each loop")
+    parser.add_argument("--epochs", type=int, default=10, help="timed epochs of each loop")
+    parser.add_argument("--as-files", type=int, default=None, metavar="PX",
+                        help="a synthetic dataset written as PX x PX PNG files and loaded from them")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
 
-    card, spec = resolve_dataset(args.dataset, None), get_method(args.method)
+    card, spec = resolve_dataset(args.dataset, args.data_root), get_method(args.method)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.as_files:
+            if card.kind != "binary" or card.source != "synthetic":
+                parser.error("--as-files writes binary synthetic datasets only")
+            card = resolve_dataset(str(write_as_files(card, args.as_files, Path(tmp))))
+        result = measure(card, spec, args)
+    suffix = f"_files{args.as_files}" if args.as_files else ""
+    out = Path(args.out) / f"loader_{args.dataset}_{spec.name}{suffix}_{result['device']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"{args.dataset}{suffix} / {spec.name} on {result['device']}: loader {result['loader_ms_per_step']:.2f} "
+          f"ms/step, in memory {result['in_memory_ms_per_step']:.2f} ms/step, ratio {result['ratio']:.3f}; waiting for "
+          f"the loader {result['fetch_ms_per_step']:.3f} ms/step ({100 * result['fetch_share']:.1f}%) -> {out}")
+
+
+def measure(card, spec, args) -> dict:
     config = resolve_config(spec, card, 0, GridOptions(device=args.device))
     device = resolve_device(config["device"])
     seed_everything(0)
     model, method = build_model(config, card, spec)
     model.to(device).train()
-    data = build_splits(card, model.img_size)["train"]
-    loader = DataLoader(data, batch_size=config["batch_size"], shuffle=True, num_workers=config["num_workers"],
-                        pin_memory=device.type == "cuda", persistent_workers=config["num_workers"] > 0)
+    keyed, _ = embedding_cache(model, config["cache_embeddings"])
+    cached = keyed("train")
+    data = build_splits(card, model.img_size, keys=True)["train"]
+    workers = config["num_workers"]
+    loader = DataLoader(data, batch_size=config["batch_size"], shuffle=True, num_workers=workers,
+                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     groups = method.parameter_groups(model)
     optimization = Optimization(groups, config, total_steps=10**6, device=device)
     every = list(groups)
 
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        optimization.backward(training_loss(model, method, x.to(device, non_blocking=True),
-                                            y.to(device, non_blocking=True), card, config, device))
+    def step(x: torch.Tensor, y: torch.Tensor, keys: torch.Tensor) -> None:
+        with cached(keys):
+            loss = training_loss(model, method, x.to(device, non_blocking=True), y.to(device, non_blocking=True),
+                                 card, config, device)
+        optimization.backward(loss)
         optimization.step(every)
 
-    def timed(batches) -> float:
+    def sync() -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
-        start, count = time.perf_counter(), 0
-        for x, y in batches:
-            step(x, y)
-            count += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) * 1000 / count
+        return time.perf_counter()
 
-    in_memory = [(x.to(device), y.to(device)) for x, y in loader]  # epoch 1: fills the cache, not timed
-    loader_ms, memory_ms = [], []
-    for _ in range(args.epochs):  # interleaved, so drift hits both loops alike
-        loader_ms.append(timed(loader))
-        memory_ms.append(timed(in_memory))
+    def epoch(timed: bool) -> None:
+        """One loader epoch; when timed, each loader step (fetch + step) is paired with a step on an in-memory
+        batch, the two in alternating order, so that machine drift hits both alike."""
+        batches = iter(loader)
+        for i, memory_batch in enumerate(in_memory):
+            if not timed:
+                step(*next(batches))
+                continue
+            for source in ("loader", "memory") if i % 2 else ("memory", "loader"):
+                start = sync()
+                batch = next(batches) if source == "loader" else memory_batch
+                fetched = time.perf_counter()
+                step(*batch)
+                times[source].append((sync() - start) * 1000)
+                if source == "loader":
+                    times["fetch"].append((fetched - start) * 1000)
+
+    in_memory = [tuple(t.to(device) for t in batch) for batch in loader]  # fills the decoded-image cache
+    store = model.image_encoder.store if isinstance(model.image_encoder, CachedEncoder) else None
+    times: dict[str, list[float]] = {"loader": [], "memory": [], "fetch": []}
+    warmup = 1
+    while warmup < 2 or (store is not None and len(store) < 2 * len(data) and warmup < 20):
+        epoch(timed=False)  # every image and flip embedded once, as in the trainer's later epochs
+        warmup += 1
+    for _ in range(args.epochs):
+        epoch(timed=True)
+    loader_ms, memory_ms = (np.array(times[k]) for k in ("loader", "memory"))
     result = {
         "dataset": card.name, "method": spec.name, "device": device.type, "batch": config["batch_size"],
-        "workers": config["num_workers"], "loader_ms_per_step": statistics.median(loader_ms),
-        "in_memory_ms_per_step": statistics.median(memory_ms), "environment": environment(),
+        "workers": workers, "train_images": len(data), "image_files": card.source != "synthetic",
+        "embedding_cache": store is not None, "warmup_epochs": warmup, "timed_epochs": args.epochs,
+        "paired_steps": len(loader_ms), "loader_ms_per_step": loader_ms.mean(), "in_memory_ms_per_step": memory_ms.mean(),
+        "ratio": loader_ms.sum() / memory_ms.sum(), "median_step_ratio": float(np.median(loader_ms / memory_ms)),
+        # The time spent waiting for the loader's next batch, directly (the paired ratio carries the machine's noise).
+        "fetch_ms_per_step": float(np.mean(times["fetch"])), "fetch_share": float(np.sum(times["fetch"]) / loader_ms.sum()),
+        "environment": environment(),
     }
-    result["ratio"] = result["loader_ms_per_step"] / result["in_memory_ms_per_step"]
-    out = Path(args.out) / f"loader_{card.name}_{spec.name}_{device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"{card.name} / {spec.name} on {device.type}: loader {result['loader_ms_per_step']:.2f} ms/step, "
-          f"in memory {result['in_memory_ms_per_step']:.2f} ms/step, ratio {result['ratio']:.3f} -> {out}")
+    return result
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ class BenchOptions:
     one_at_a_time: bool = False
     attention: str = "original"  # or "sdpa"
     checkpointing: bool = False
+    optimizer_kernel: str = "fused"  # see train.OPTIMIZER_KERNELS
 
 
 def _sync(device: torch.device) -> None:
@@ -78,7 +79,8 @@ class Subject:
         size = self.model.img_size
         self.x = torch.randn(opts.batch, 3, size, size, device=device)
         self.y = (torch.rand(opts.batch, size, size, device=device) > 0.5).float()
-        self.config = {**DEFAULTS, "lr": 1e-4, "group_optim": spec.train.get("group_optim", {}), "precision": precision}
+        self.config = {**DEFAULTS, "lr": 1e-4, "group_optim": spec.train.get("group_optim", {}), "precision": precision,
+                       "optimizer_kernel": opts.optimizer_kernel}
         self.groups = self.method.parameter_groups(self.model)
         self.trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.optimization = Optimization(self.groups, self.config, total_steps=10**6, device=device)
@@ -218,13 +220,15 @@ def run_bench(opts: BenchOptions, on_method=None) -> tuple[pd.DataFrame, dict]:
 
 def write_bench(table: pd.DataFrame, meta: dict, out: Path) -> list[Path]:
     s, d = meta["settings"], meta["device"]
-    extras = ("_sdpa" if s["attention"] == "sdpa" else "") + ("_ckpt" if s["checkpointing"] else "")
+    extras = ("_sdpa" if s["attention"] == "sdpa" else "") + ("_ckpt" if s["checkpointing"] else "") + \
+        ("" if s["optimizer_kernel"] == "fused" else f"_{s['optimizer_kernel']}")
     stem = Path(out) / f"bench_{s['sam']}_{s['image_size']}px_b{s['batch']}_{s['precision']}{extras}_{d['type']}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     note = ("CPU run at a small image size: absolute times are not the paper's; compare ratios only."
             if d["type"] == "cpu" else f"Device: {d['name']}.")
     header = (f"# peftbench bench: SAM {s['sam']}, {s['image_size']} px, batch {s['batch']}, {s['precision']}, "
               f"attention {s['attention']}, checkpointing {'on' if s['checkpointing'] else 'off'}, "
+              f"optimizer kernel {s['optimizer_kernel']}, "
               f"{d['name']}\n\nms per training step (forward, loss, backward, optimizer) and per inference batch; "
               f"median of {s['repeats']} repeats ({s['order']}) of {s['iters']} iterations after "
               f"{s['warmup']} warm-up. Peak memory (CUDA only): the model's weights plus the peak above them. "

@@ -54,6 +54,16 @@ EXECUTOR_DEFAULTS = {"ray_address": None, "ray_cpus_per_run": "1", "slurm_partit
                      "slurm_gpus_per_task": "1", "slurm_cpus_per_task": "6"}
 
 
+def _add_speed_args(p: argparse.ArgumentParser) -> None:
+    """Speed settings shared by `run` and `bench`: each leaves results unchanged up to float precision."""
+    p.add_argument("--attention", default="original", choices=["original", "sdpa"],
+                   help="SAM attention as released, or through scaled_dot_product_attention (same results)")
+    p.add_argument("--checkpointing", action="store_true", help="activation checkpointing of the encoder blocks")
+    p.add_argument("--optimizer-kernel", default="fused", choices=["fused", "foreach", "loop"],
+                   help="how Adam(W) updates: one fused kernel (default), one kernel per operation, or a loop over "
+                        "tensors (PyTorch's CPU default); same maths, results equal within float rounding")
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default="miniature",
                    help="comma-separated registered methods, 'all' (the main methods), 'ablations' (the paper's "
@@ -72,9 +82,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                         "paper's harness, else the whole batch)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                    help="autocast precision (default auto: fp16 with loss scaling on CUDA, fp32 on the CPU)")
-    p.add_argument("--attention", default="original", choices=["original", "sdpa"],
-                   help="SAM attention as released, or through scaled_dot_product_attention (same results)")
-    p.add_argument("--checkpointing", action="store_true", help="activation checkpointing of the encoder blocks")
+    _add_speed_args(p)
     p.add_argument("--no-embedding-cache", action="store_true",
                    help="recompute frozen image embeddings every epoch (decoder-only caches them by default)")
     p.add_argument("--inference", default="auto", choices=["auto", "merged", "unmerged"],
@@ -186,6 +194,7 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         checkpoint_interval_s=_nonnegative_float("--checkpoint-interval", args.checkpoint_interval),
         inference=args.inference, eval_resolution=args.eval_resolution, precision=args.precision,
         attention=args.attention, checkpointing=args.checkpointing, cache_embeddings=not args.no_embedding_cache,
+        optimizer_kernel=args.optimizer_kernel,
         epochs=_positive_int("--epochs", args.epochs) if args.epochs is not None else None,
         batch_size=_positive_int("--batch-size", args.batch_size),
         micro_batch_size=_positive_int("--micro-batch-size", args.micro_batch_size) if args.micro_batch_size else None,
@@ -284,6 +293,7 @@ def _cmd_bench(args: argparse.Namespace, console: Console) -> int:
         precision=args.precision, device=args.device, warmup=_positive_int("--warmup", args.warmup),
         iters=_positive_int("--iters", args.iters), repeats=_positive_int("--repeats", args.repeats), out=Path(args.out),
         one_at_a_time=args.one_at_a_time, attention=args.attention, checkpointing=args.checkpointing,
+        optimizer_kernel=args.optimizer_kernel,
     )
     table, meta = run_bench(opts, on_method=lambda name: console.print(f"bench: {name}", style="dim"))
     for path in write_bench(table, meta, opts.out):
@@ -339,8 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", default="2", help="untimed iterations first (default 2)")
     p.add_argument("--iters", default="5", help="iterations per repeat (default 5)")
     p.add_argument("--repeats", default="3", help="repeats; the median is reported (default 3)")
-    p.add_argument("--attention", default="original", choices=["original", "sdpa"])
-    p.add_argument("--checkpointing", action="store_true", help="activation checkpointing of the encoder blocks")
+    _add_speed_args(p)
     p.add_argument("--one-at-a-time", action="store_true",
                    help="build and time one method after the other (default: all resident, repeats interleaved)")
     p.add_argument("--out", default="benchmarks/results")

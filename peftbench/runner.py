@@ -44,6 +44,7 @@ class GridOptions:
     attention: str = "original"  # or "sdpa"
     checkpointing: bool = False
     cache_embeddings: bool = True
+    optimizer_kernel: str = "fused"  # see train.OPTIMIZER_KERNELS
     inference: str = "auto"  # auto: merge exact merges; merged: also approximate ones; unmerged: never
     eval_resolution: str = "original"  # test metrics at the label's original size, or "input" (the model's)
     out: Path = Path("results")
@@ -80,6 +81,7 @@ def resolve_config(method: MethodSpec, card: DatasetCard, seed: int, opts: GridO
         "eval_resolution": opts.eval_resolution,
         # Speed settings (results equal up to float precision; kept in the config for the record):
         "attention": opts.attention, "checkpointing": opts.checkpointing, "cache_embeddings": opts.cache_embeddings,
+        "optimizer_kernel": opts.optimizer_kernel,
     }
 
 

@@ -13,7 +13,7 @@ wrap `qkv` (LoRA family) and blocks wrapped by adapters (VPT, Mona) keep working
 from __future__ import annotations
 
 import types
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +57,27 @@ class CachedEncoder(nn.Module):
 
 def encoder_is_frozen(model: nn.Module) -> bool:
     return not any(p.requires_grad for p in model.image_encoder.parameters())
+
+
+def embedding_cache(model: nn.Module, enabled: bool = True):
+    """Cache `model`'s image embeddings when its encoder is frozen. Returns `keyed(split)`: for a batch's input keys
+    (see SegmentationDataset), the context under which the model reuses stored embeddings (a no-op without cache),
+    and `release()`, which puts the real encoder back (inference must time it)."""
+    cache = None
+    if enabled and encoder_is_frozen(model):
+        cache = model.image_encoder = CachedEncoder(model.image_encoder)
+
+    def keyed(split: str):
+        def context(keys):
+            if cache is None or keys is None:
+                return nullcontext()
+            return cache.keyed([(split, int(k)) for k in keys])
+        return context
+
+    def release() -> None:
+        if cache is not None:
+            model.image_encoder = cache.encoder
+    return keyed, release
 
 
 def _sdpa_forward(self: Attention, x: torch.Tensor) -> torch.Tensor:

@@ -77,3 +77,39 @@ def test_precision_flag_is_recorded_and_fp16_needs_cuda(tmp_path, capsys):
     assert json.loads(record_path(tmp_path, "synth_road", "lora", 0).read_text())["config"]["precision"] == "bf16"
     assert main([*args, "--precision", "fp16", "--out", str(tmp_path / "x")]) == 2
     assert "fp16 autocast needs CUDA" in capsys.readouterr().err
+
+
+def test_optimizer_kernels_take_the_same_steps():
+    from peftbench.train import OPTIMIZER_KERNELS, Optimization
+
+    def trained(kernel: str, steps: int = 20) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        groups = {"weights": [torch.nn.Parameter(torch.randn(8, 8)), torch.nn.Parameter(torch.randn(8))],
+                  "arch": [torch.nn.Parameter(torch.randn(3))]}
+        config = {"lr": 1e-2, "weight_decay": 1e-4, "grad_clip": 1.0, "precision": "fp32", "optimizer_kernel": kernel,
+                  "group_optim": {"arch": {"optimizer": "adam", "weight_decay": 1e-3}}}
+        optimization = Optimization(groups, config, total_steps=20, device=torch.device("cpu"))
+        params = [p for ps in groups.values() for p in ps]
+        for step in range(steps):
+            loss = sum((p * torch.linspace(-1, 1, p.numel()).view(p.shape)).sin().sum() for p in params)
+            optimization.backward(loss)
+            optimization.step(["weights", "arch"] if step % 2 else ["weights"])
+        return [p.detach().clone() for p in params]
+
+    reference = trained("loop")
+    assert all((a - b).abs().max() > 0.01 for a, b in zip(reference, trained("loop", steps=0)))  # it did train
+    assert set(OPTIMIZER_KERNELS) == {"fused", "foreach", "loop"}
+    for got, want in zip(trained("foreach"), reference):
+        assert torch.equal(got, want)  # the same operations, batched
+    for got, want in zip(trained("fused"), reference):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_optimizer_kernel_is_recorded(tmp_path):
+    args = ["run", "--device", "cpu", "--datasets", "synth_road", "--seeds", "0", "--epochs", "2", "--methods", "lora"]
+    assert main([*args, "--optimizer-kernel", "loop", "--out", str(tmp_path / "loop")]) == 0
+    assert main([*args, "--out", str(tmp_path / "fused")]) == 0
+    loop, fused = (json.loads(record_path(tmp_path / d, "synth_road", "lora", 0).read_text()) for d in ("loop", "fused"))
+    assert (loop["config"]["optimizer_kernel"], fused["config"]["optimizer_kernel"]) == ("loop", "fused")
+    for name, value in loop["metrics"]["test"].items():
+        assert fused["metrics"]["test"][name] == pytest.approx(value, abs=1e-3), name

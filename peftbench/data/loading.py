@@ -43,8 +43,9 @@ class SegmentationDataset(Dataset):
         self.samples, self.kind, self.size, self.train, self.keys = samples, kind, size, train, keys
         self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-        # Decoded and resized uint8 pairs, kept while they fit the budget: decoding and resizing happen once.
-        self.cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        # Decoded, resized and laid out uint8 pairs, kept while they fit the budget: each image is decoded, resized,
+        # binarised and transposed once, so a cached item costs one normalisation (the loader never stalls a step).
+        self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.cache_bytes = cache_bytes
 
     def __len__(self) -> int:
@@ -62,26 +63,25 @@ class SegmentationDataset(Dataset):
             return self.samples[1][i]
         return np.asarray(Image.open(self.samples.iloc[i]["label"]).convert("L"))
 
-    def _resized(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """(S, S, 3) uint8 image (bicubic) and (S, S) uint8 label (nearest), from the cache when there."""
+    def _prepared(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(3, S, S) uint8 image (bicubic) and (S, S) uint8 label (nearest; binary: 0/1), from the cache when there."""
         if i in self.cache:
             return self.cache[i]
         image, label = self._raw(i)
-        pair = (np.asarray(image.resize((self.size, self.size), Image.BICUBIC)),
-                np.asarray(label.resize((self.size, self.size), Image.NEAREST)))
+        image = np.asarray(image.resize((self.size, self.size), Image.BICUBIC))
+        label = np.asarray(label.resize((self.size, self.size), Image.NEAREST))
+        if self.kind == "binary":
+            label = label > (127 if label.max() > 1 else 0)
+        pair = (torch.from_numpy(image.transpose(2, 0, 1).copy()), torch.from_numpy(label.astype(np.uint8)))
         if (len(self.cache) + 1) * 4 * self.size**2 <= self.cache_bytes:
             self.cache[i] = pair
         return pair
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         """(x, y), or (x, y, key) with `keys`: key = 2 i + flipped identifies the exact input image."""
-        image, label = self._resized(i)
-        x = torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1)
-        x = (x - self.mean) / self.std
-        if self.kind == "binary":
-            y = torch.from_numpy((label > (127 if label.max() > 1 else 0)).astype(np.float32))
-        else:
-            y = torch.from_numpy(label.astype(np.int64))
+        image, label = self._prepared(i)
+        x = (image.float() / 255.0 - self.mean) / self.std
+        y = label.float() if self.kind == "binary" else label.long()
         flipped = bool(self.train and torch.rand(()) < 0.5)  # random horizontal flip, p = 0.5
         if flipped:
             x, y = x.flip(-1), y.flip(-1)
