@@ -19,7 +19,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from peftbench.data import resolve_dataset
 from peftbench.data.loading import build_splits
@@ -34,8 +33,7 @@ def encoder_epoch_s(config: dict, card, spec) -> float:
     device = resolve_device(config["device"])
     model, _ = build_model(config, card, spec)
     encoder = model.image_encoder.to(device).eval()
-    batches = [x.to(device) for x, _ in DataLoader(build_splits(card, model.img_size)["train"],
-                                                     batch_size=config["micro_batch_size"])]
+    batches = [x.to(device) for x, _ in build_splits(card, model.img_size)["train"].loader(config["micro_batch_size"])]
     runs = []
     with torch.no_grad():
         for _ in range(4):  # the first is a warm-up
@@ -70,8 +68,11 @@ def main() -> None:
         runs["cached" if cached else "uncached"] = {
             "epoch_train_s": [h["train_s"] for h in result["history"]], "run_s": time.perf_counter() - start,
             "test": result["metrics"]}
-    if runs["cached"]["test"] != runs["uncached"]["test"]:
-        raise SystemExit("the cache changed the test metrics: a bug, not a speed-up")
+    # Embeddings computed in other batch compositions may differ in the last float bits, nothing more.
+    gap = max(abs(value - runs["uncached"]["test"][test][name])
+              for test, values in runs["cached"]["test"].items() for name, value in values.items())
+    if gap > 1e-3:
+        raise SystemExit(f"the cache changed a test metric by {gap:.3g}: a bug, not a speed-up")
     median = {k: statistics.median(r["epoch_train_s"][args.from_epoch - 1:]) for k, r in runs.items()}
     encoder_s = encoder_epoch_s(config, card, spec)
     result = {
@@ -82,7 +83,7 @@ def main() -> None:
         "speedup": median["uncached"] / median["cached"],
         "encoder_forward_epoch_s": encoder_s,
         "encoder_forward_share": encoder_s / median["uncached"],
-        "same_test_metrics": True, "environment": environment(),
+        "max_test_metric_difference": gap, "environment": environment(),
     }
     out = Path(args.out) / f"embedding_cache_{card.name}_{args.sam}_{config['device']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +91,7 @@ def main() -> None:
     print(f"{card.name} / {spec.name} / SAM {args.sam} on {config['device']}: epoch {median['uncached']:.3f} s "
           f"uncached, {median['cached']:.3f} s cached: {result['speedup']:.2f}x (the encoder's forward alone: "
           f"{encoder_s:.3f} s/epoch, {100 * result['encoder_forward_share']:.0f}% of an uncached epoch); "
-          f"same test metrics -> {out}")
+          f"test metrics equal within {gap:.1g} -> {out}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
 from peftbench.data import resolve_dataset
 from peftbench.data.loading import build_splits
@@ -87,8 +86,8 @@ def measure(card, spec, args) -> dict:
     cached = keyed("train")
     data = build_splits(card, model.img_size, keys=True)["train"]
     workers = config["num_workers"]
-    loader = DataLoader(data, batch_size=config["batch_size"], shuffle=True, num_workers=workers,
-                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    loader = data.loader(config["batch_size"], shuffle=True, num_workers=workers, pin_memory=device.type == "cuda",
+                         persistent_workers=workers > 0)
     groups = method.parameter_groups(model)
     optimization = Optimization(groups, config, total_steps=10**6, device=device)
     every = list(groups)

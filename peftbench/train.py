@@ -272,8 +272,8 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
     workers = config["num_workers"]
     # Persistent workers keep their decoded-image caches across epochs.
     loader_args = {"num_workers": workers, "pin_memory": device.type == "cuda", "persistent_workers": workers > 0}
-    train_loader = DataLoader(splits["train"], batch_size=micro, shuffle=True, generator=loader_gen, **loader_args)
-    eval_loaders = {split: DataLoader(data, batch_size=config["batch_size"], **loader_args)
+    train_loader = splits["train"].loader(micro, shuffle=True, generator=loader_gen, **loader_args)
+    eval_loaders = {split: data.loader(config["batch_size"], **loader_args)
                     for split, data in splits.items() if split != "train"}
     eval_loader = eval_loaders.__getitem__
 

@@ -37,6 +37,34 @@ def test_several_synthetic_test_sets_differ():
     assert not np.array_equal(first, second)
 
 
+@pytest.mark.parametrize("name", ["synth_leaf", "synth_trans"])
+def test_batched_loader_equals_items_collated_and_keys_name_the_flip(name):
+    from torch.utils.data import DataLoader
+
+    from peftbench.data.loading import SegmentationDataset
+
+    card = resolve_dataset(name)
+    data = build_splits(card, 64, keys=True)["train"]
+    plain = SegmentationDataset(data.samples, card.kind, 64, train=False)  # the same images, never flipped
+    batched, itemwise = (data.loader(4, shuffle=True, generator=torch.Generator().manual_seed(3)),
+                         DataLoader(data, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(3)))
+    flips = 0
+    for epoch in range(2):
+        torch.manual_seed(epoch)
+        got = list(batched)
+        torch.manual_seed(epoch)
+        assert len(got) == len(batched) == len(data) // 4
+        for (x, y, keys), (x1, y1, keys1) in zip(got, itemwise, strict=True):
+            assert torch.equal(keys, keys1) and torch.equal(x, x1) and torch.equal(y, y1) and y.dtype == y1.dtype
+            for xi, yi, key in zip(x, y, keys.tolist()):
+                reference = plain[key // 2]
+                flipped = key % 2 == 1
+                flips += flipped
+                assert torch.equal(xi, reference[0].flip(-1) if flipped else reference[0])
+                assert torch.equal(yi, reference[1].flip(-1) if flipped else reference[1])
+    assert 0 < flips < 2 * len(data)
+
+
 def test_csv_manifest_with_split_column(tmp_path):
     pairs = write_pairs(tmp_path, 6)
     splits = ["train", "train", "val", "val", "test", "test"]

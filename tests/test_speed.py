@@ -55,8 +55,11 @@ def test_cached_embeddings_give_the_same_decoder_only_run(tmp_path):
     cached, plain = (json.loads(record_path(tmp_path / d, "synth_road", "decoder_only", 0).read_text())
                      for d in ("cached", "plain"))
     assert cached["config"]["cache_embeddings"] and not plain["config"]["cache_embeddings"]
-    assert cached["metrics"] == plain["metrics"]
-    assert [h["val"] for h in cached["history"]] == [h["val"] for h in plain["history"]]
+    # Embeddings computed once, in other batch compositions, may differ in the last float bits only.
+    for test, values in plain["metrics"].items():
+        assert cached["metrics"][test] == pytest.approx(values, abs=1e-4)
+    for got, want in zip(cached["history"], plain["history"], strict=True):
+        assert got["val"] == pytest.approx(want["val"], abs=1e-4)
 
 
 def test_bf16_autocast_changes_outputs_only_within_its_precision(tiny_segmenter):
