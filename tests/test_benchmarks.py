@@ -50,3 +50,20 @@ def test_gpu_script_names_its_groups():
                           check=False)
     assert done.returncode == 2 and "vit_b, vit_h or table5" in done.stderr
 
+
+
+def test_memory_estimate_on_fake_tensors_equals_the_real_count():
+    import importlib.util
+
+    from peftbench.bench import BenchOptions
+    from peftbench.methods import get_method
+
+    loaded = importlib.util.spec_from_file_location("memory_estimate", ROOT / "benchmarks" / "memory_estimate.py")
+    module = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(module)
+    for name in ("lora", "nas_pc_lora"):
+        plain, checkpointed = (BenchOptions(sam="tiny", batch=4, checkpointing=c) for c in (False, True))
+        fake, real = (module.estimate(get_method(name), plain, "fp32", fake=f) for f in (True, False))
+        assert fake["resident"] == real["resident"] > 0
+        assert abs(fake["peak"] - real["peak"]) <= 1024 and fake["peak"] > 2 * fake["resident"]
+        assert module.estimate(get_method(name), checkpointed, "fp32")["peak"] < fake["peak"]

@@ -33,7 +33,9 @@ class LoRALinear(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, **factory))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, **factory))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        self.bottleneck = bottleneck.to(base.weight.device) if bottleneck is not None else None
+        self.bottleneck = bottleneck
+        if bottleneck is not None and any(p.device != base.weight.device for p in bottleneck.parameters()):
+            bottleneck.to(base.weight.device)  # only when elsewhere: a no-op move fails on fake tensors
 
     def delta_weight(self) -> torch.Tensor:
         return self.scaling * (self.lora_B @ self.lora_A)
