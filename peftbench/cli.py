@@ -207,22 +207,30 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     console.print(f"peftbench: {len(methods)} methods x {len(cards)} datasets x {len(opts.seeds)} seeds "
                   f"on SAM {opts.sam} -> {opts.out} ({executor.name} executor)")
     summary = run_grid(methods, cards, opts, console, executor)
+    interrupted = f", {summary['interrupted']} interrupted" if summary["interrupted"] else ""
     console.print(f"done in {time.time() - start:.0f} s: {summary['trained']} trained, {summary['skipped']} skipped "
-                  f"(already recorded), {summary['claimed']} left to another process, {summary['failed']} failed")
+                  f"(already recorded), {summary['claimed']} left to another process, {summary['failed']} failed"
+                  f"{interrupted}")
     console.print(f"records: {opts.out / 'runs'}")
     if summary["failed_runs"]:
         console.print(f"failed runs (status and log under {opts.out / 'failed'}):", markup=False)
         for run in summary["failed_runs"]:
             console.print(f"  {run['dataset']} / {run['method']} / seed {run['seed']}: {run['error']} "
                           f"(log: {run['log']})", markup=False, highlight=False)
+    if summary["interrupted_runs"]:
+        console.print("interrupted runs (a rerun continues each from its last checkpoint):", markup=False)
+        for run in summary["interrupted_runs"]:
+            console.print(f"  {run['dataset']} / {run['method']} / seed {run['seed']}", markup=False, highlight=False)
+    unfinished = summary["failed_runs"] + summary["interrupted_runs"]
+    if unfinished:
         argv = args.argv if args.argv is not None else sys.argv[1:]
-        console.print("retry only these: " + retry_command(argv[1:] if argv[:1] == ["run"] else argv,
-                                                           summary["failed_runs"], dataset_args),
+        console.print("retry only these: " + retry_command(argv[1:] if argv[:1] == ["run"] else argv, unfinished,
+                                                           dataset_args),
                       markup=False, highlight=False, soft_wrap=True)
     for path in summary["tables"]:
         if path.suffix in (".md", ".html"):
             console.print(f"{'report' if path.suffix == '.html' else 'table'}: {path}")
-    return 1 if summary["failed"] else 0
+    return 1 if unfinished else 0
 
 
 def _cmd_methods(args: argparse.Namespace, console: Console) -> int:

@@ -121,7 +121,8 @@ class _GridProgress:
 def run_grid(methods: list[MethodSpec], cards: list[DatasetCard], opts: GridOptions, console: Console,
              executor: Executor | None = None) -> dict:
     """Plan the grid, skip recorded runs, hand the others to `executor` (default: local, sequential, one process
-    per run), then render the tables. Returns counts per status, the failed runs' statuses and the tables."""
+    per run), then render the tables. Returns counts per status, the failed and interrupted runs' statuses and the
+    tables."""
     executor = executor or LocalExecutor()
     tasks = plan_grid(methods, cards, replace(opts, device=executor.device_type(opts.device)))
     pending = [t for t in tasks if not is_complete(record_path(t.out, t.card.name, t.method.name, t.seed), t.config)]
@@ -133,7 +134,8 @@ def run_grid(methods: list[MethodSpec], cards: list[DatasetCard], opts: GridOpti
         executor.run(pending, monitor)
     counts = Counter(r["status"] for r in monitor.results)
     summary = {"trained": counts["trained"], "skipped": len(tasks) - len(pending) + counts["skipped"],
-               "claimed": counts["claimed"], "failed": counts["failed"],
-               "failed_runs": [r for r in monitor.results if r["status"] == "failed"]}
+               "claimed": counts["claimed"], "failed": counts["failed"], "interrupted": counts["interrupted"],
+               "failed_runs": [r for r in monitor.results if r["status"] == "failed"],
+               "interrupted_runs": [r for r in monitor.results if r["status"] == "interrupted"]}
     summary["tables"] = write_tables(opts.out) + build_report(opts.out)
     return summary

@@ -140,6 +140,27 @@ def test_a_nan_loss_stops_the_run_with_a_clear_error(tmp_path):
     assert status["exit_code"] == 1 and "FloatingPointError" in Path(status["log"]).read_text()
 
 
+def interrupt_lora(task, on_step=None, owner=None):
+    """Runs in the child: lora's process ends as a Ctrl-C that reached only the child does (exit code 130)."""
+    if task.method.name == "lora":
+        os._exit(130)
+    return run_one(task, on_step, owner)
+
+
+def test_an_interrupted_run_is_counted_listed_and_in_the_retry_command(tmp_path, monkeypatch, capsys):
+    import peftbench.cli
+
+    monkeypatch.setattr(peftbench.cli, "_executor", lambda args: LocalExecutor(run=interrupt_lora))
+    args = ["run", "--device", "cpu", "--sam", SAM, "--datasets", "synth_leaf", "--methods", "decoder_only,lora",
+            "--seeds", "0", "--epochs", "1", "--out", str(tmp_path)]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "1 trained" in out and "0 failed, 1 interrupted" in out
+    assert "interrupted runs" in out and "synth_leaf / lora / seed 0" in out
+    assert "--methods lora --seeds 0" in out.split("retry only these: ")[1].splitlines()[0]
+    assert not (tmp_path / "failed" / "synth_leaf" / "lora").exists()  # not a failure: nothing went wrong in it
+
+
 def test_the_retry_command_names_only_the_failed_runs_and_keeps_every_other_flag():
     argv = ["--device", "cpu", "--datasets=synth_leaf,data/my set", "--methods", "lora,dora", "--seeds", "0,1",
             "--epochs", "2", "--out", "res"]
