@@ -34,7 +34,8 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, **factory))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.bottleneck = bottleneck
-        if bottleneck is not None and any(p.device != base.weight.device for p in bottleneck.parameters()):
+        if bottleneck is not None and any(t.device != base.weight.device
+                                          for t in [*bottleneck.parameters(), *bottleneck.buffers()]):
             bottleneck.to(base.weight.device)  # only when elsewhere: a no-op move fails on fake tensors
 
     def delta_weight(self) -> torch.Tensor:
