@@ -81,7 +81,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="images per forward pass; gradients accumulate to --batch-size (default: 1 on CUDA, as the "
                         "paper's harness, else the whole batch)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                   help="autocast precision (default auto: fp16 with loss scaling on CUDA, fp32 on the CPU)")
+                   help="autocast precision (default auto: on CUDA bf16 where native (A100, H100), else fp16 with "
+                        "loss scaling (V100); fp32 on the CPU)")
     _add_speed_args(p)
     p.add_argument("--no-embedding-cache", action="store_true",
                    help="recompute frozen image embeddings every epoch (decoder-only caches them by default)")

@@ -40,7 +40,7 @@ class GridOptions:
     epochs: int | None = None
     batch_size: int = DEFAULTS["batch_size"]
     micro_batch_size: int | None = None  # default: 1 on CUDA (as the Conv-LoRA harness), the whole batch on the CPU
-    precision: str = "auto"  # auto: fp16 autocast on CUDA, fp32 on the CPU
+    precision: str = "auto"  # see train.resolve_precision
     attention: str = "original"  # or "sdpa"
     checkpointing: bool = False
     cache_embeddings: bool = True

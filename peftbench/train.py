@@ -57,9 +57,12 @@ OPTIMIZER_KERNELS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "lo
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """auto: fp16 autocast on CUDA (V100-class GPUs have no bf16), fp32 on the CPU."""
+    """auto: on CUDA bf16 autocast where the GPU computes in bf16 natively (compute capability 8.0 on: A100, H100;
+    no loss scaling needed), fp16 with loss scaling on older ones (V100, the paper's); fp32 on the CPU."""
     if name == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.get_device_capability(device) >= (8, 0) else "fp16"
     if name == "fp16" and device.type != "cuda":
         raise UserError("--precision fp16: fp16 autocast needs CUDA; use fp32 or bf16 on the CPU")
     return name

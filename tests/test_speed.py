@@ -116,3 +116,14 @@ def test_optimizer_kernel_is_recorded(tmp_path):
     assert (loop["config"]["optimizer_kernel"], fused["config"]["optimizer_kernel"]) == ("loop", "fused")
     for name, value in loop["metrics"]["test"].items():
         assert fused["metrics"]["test"][name] == pytest.approx(value, abs=1e-3), name
+
+
+def test_auto_precision_is_bf16_where_native_fp16_on_older_gpus_fp32_on_the_cpu(monkeypatch):
+    from peftbench.train import resolve_precision
+
+    cuda = torch.device("cuda", 0)
+    for capability, expected in (((7, 0), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert resolve_precision("auto", cuda) == expected
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("bf16", cuda) == "bf16"
