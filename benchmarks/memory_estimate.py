@@ -28,7 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
-from peftbench.bench import BenchOptions, Subject
+from peftbench.bench import BenchOptions, Setting, Subject
 from peftbench.methods import resolve_methods
 from peftbench.records import environment
 
@@ -61,10 +61,10 @@ class LiveBytes(TorchDispatchMode):
         return out
 
 
-def estimate(spec, opts: BenchOptions, precision: str, fake: bool = True) -> dict:
+def estimate(spec, opts: BenchOptions, setting: Setting, fake: bool = True) -> dict:
     """Weights + inputs and the peak over two training steps (the second has the optimizer state), in bytes."""
     with FakeTensorMode(allow_non_fake_inputs=True) if fake else torch.device("cpu"):
-        subject = Subject(spec, opts, torch.device("cpu"), precision)
+        subject = Subject(spec, opts, torch.device("cpu"), setting)
         live = LiveBytes()
         for tensor in [*subject.model.parameters(), *subject.model.buffers(), subject.x, subject.y]:
             live.track(tensor)
@@ -89,11 +89,10 @@ def main() -> None:
     rows = []
     for spec in resolve_methods(args.methods):
         for checkpointing in (False, True):
-            opts = BenchOptions(sam=args.sam, batch=args.batch, image_size=args.image_size,
-                                checkpointing=checkpointing)
+            opts = BenchOptions(sam=args.sam, batch=args.batch, image_size=args.image_size)
             row = {"method": spec.name, "checkpointing": checkpointing}
             try:
-                found = estimate(spec, opts, autocast)
+                found = estimate(spec, opts, Setting(autocast, checkpointing=checkpointing))
                 row.update(weights_and_inputs_gib=found["resident"] / 2**30, peak_gib=found["peak"] / 2**30)
             except (RuntimeError, DataDependentOutputException) as err:
                 # Routing on values (Conv-LoRA) or initialisers that read values (trunc_normal_: Mona, SAM-Adapter)

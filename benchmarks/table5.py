@@ -19,7 +19,9 @@ from peftbench.report import REFERENCE_FILE
 
 
 def compare(bench: dict) -> pd.DataFrame:
-    ours = pd.DataFrame(bench["rows"]).set_index("method")
+    rows = pd.DataFrame(bench["rows"])
+    first = bench["settings"]["timed_settings"][0]  # a bench of several settings: compare its first
+    ours = rows[(rows[list(first)] == pd.Series(first)).all(axis=1)].set_index("method")
     paper = pd.read_csv(REFERENCE_FILE)
     paper = paper[paper["table"] == "Table 5"].pivot_table(index="method", columns="metric", values="value",
                                                             aggfunc="first").astype(float)
@@ -47,8 +49,10 @@ def main() -> None:
     table = compare(bench)
     caveat = ("" if d["type"] == "cuda" else
               " This run is on a CPU at a reduced size: only the ratio columns are comparable, and loosely.")
+    first = s["timed_settings"][0]
     text = (f"# Table 5 beside peftbench bench (SAM {s['sam']}, {s['image_size']} px, batch {s['batch']}, "
-            f"{s['precision']}, attention {s['attention']}, {d['name']})\n\n"
+            f"{first['precision']}, attention {first['attention']}, checkpointing "
+            f"{'on' if first['checkpointing'] else 'off'}, {d['name']})\n\n"
             f"Paper: one V100, ISIC 2017, the Conv-LoRA harness, training iterations of one image. Ours: random inputs, "
             f"the training step of `peftbench bench` (images/s = batch / step time), inference of the deployed model "
             f"(merged where the merge is exact).{caveat}\n\n" + table.to_markdown(floatfmt=".3g") + "\n")

@@ -4,10 +4,13 @@ Speed does not depend on weight values, so SAM is randomly initialised (no check
 masks (no dataset). Every method is timed with the trainer's own step (`Optimization`, `training_loss`): warm-up
 iterations, device synchronisation, a fixed number of iterations per repeat, the median over repeats. LoRA and
 decoder-only (the frozen base SAM plus the trained decoder) are always measured too, so ratios come from one run.
+Several settings (precisions, attention implementations, checkpointing on/off) can be timed in the same run: every
+method runs under every combination, and each row is also compared with the same method under the first setting.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import time
@@ -31,13 +34,24 @@ BINARY = DatasetCard(name="random", kind="binary", source="bench", description="
 REFERENCES = ("lora", "decoder_only")  # ratio denominators: LoRA's training step, the base SAM's inference
 
 
+@dataclass(frozen=True)
+class Setting:
+    """How a subject runs: autocast precision, attention implementation, activation checkpointing."""
+
+    precision: str = "fp32"
+    attention: str = "original"  # or "sdpa"
+    checkpointing: bool = False
+
+
 @dataclass
 class BenchOptions:
     sam: str = "tiny"
     methods: str = "all"
     batch: int = 4
     image_size: int | None = None  # default: the architecture's own (1024 for vit_b/l/h, 64 for tiny)
-    precision: str = "auto"
+    precisions: tuple[str, ...] = ("auto",)  # every combination of these three is timed; the first is the reference
+    attentions: tuple[str, ...] = ("original",)
+    checkpointing: tuple[bool, ...] = (False,)
     device: str = "auto"
     warmup: int = 2
     iters: int = 5
@@ -45,9 +59,11 @@ class BenchOptions:
     out: Path = Path("benchmarks/results")
     seed: int = 0
     one_at_a_time: bool = False
-    attention: str = "original"  # or "sdpa"
-    checkpointing: bool = False
     optimizer_kernel: str = "fused"  # see train.OPTIMIZER_KERNELS
+
+    def settings(self, device: torch.device) -> list[Setting]:
+        precisions = dict.fromkeys(resolve_precision(p, device) for p in self.precisions)
+        return [Setting(*combo) for combo in itertools.product(precisions, self.attentions, self.checkpointing)]
 
 
 def _sync(device: torch.device) -> None:
@@ -65,21 +81,22 @@ def _peak_mib(device: torch.device, resident: int) -> float | None:
 class Subject:
     """One method attached to a randomly initialised SAM, with the trainer's optimizers and random inputs."""
 
-    def __init__(self, spec: MethodSpec, opts: BenchOptions, device: torch.device, precision: str) -> None:
+    def __init__(self, spec: MethodSpec, opts: BenchOptions, device: torch.device, setting: Setting) -> None:
         torch.manual_seed(opts.seed)
         with torch.device(device):
             self.model = SamSegmenter(build_sam(opts.sam, opts.image_size), num_classes=1)
             self.method = spec.build()
             self.method.attach(self.model)
-        if opts.attention == "sdpa":
+        if setting.attention == "sdpa":
             use_sdpa(self.model)
-        if opts.checkpointing:
+        if setting.checkpointing:
             checkpoint_blocks(self.model)
-        self.spec, self.device, self.precision = spec, device, precision
+        self.spec, self.device, self.setting = spec, device, setting
         size = self.model.img_size
         self.x = torch.randn(opts.batch, 3, size, size, device=device)
         self.y = (torch.rand(opts.batch, size, size, device=device) > 0.5).float()
-        self.config = {**DEFAULTS, "lr": 1e-4, "group_optim": spec.train.get("group_optim", {}), "precision": precision,
+        self.config = {**DEFAULTS, "lr": 1e-4, "group_optim": spec.train.get("group_optim", {}),
+                       "precision": setting.precision,
                        "optimizer_kernel": opts.optimizer_kernel}
         self.groups = self.method.parameter_groups(self.model)
         self.trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -110,7 +127,7 @@ class Subject:
     @torch.no_grad()
     def infer(self) -> None:
         self.model.eval()
-        with autocast(self.device, self.precision):
+        with autocast(self.device, self.setting.precision):
             self.model.probabilities(self.x)
 
 
@@ -162,7 +179,7 @@ def measure(subjects: list[Subject], opts: BenchOptions, device: torch.device, l
     rows = []
     for s in subjects:
         exact = s.spec.merge_kind == "exact"
-        row = {"method": s.spec.name, "merge": s.spec.merge_kind, "trainable": s.trainable,
+        row = {"method": s.spec.name, **asdict(s.setting), "merge": s.spec.merge_kind, "trainable": s.trainable,
                "train_ms": train[s][0], "train_peak_mib": train[s][1],
                "train_cached_ms": cached[s][0] if s in cached else None,
                "search_ms": search[s][0] if s in search else None,
@@ -179,35 +196,44 @@ def measure(subjects: list[Subject], opts: BenchOptions, device: torch.device, l
 def run_bench(opts: BenchOptions, on_method=None) -> tuple[pd.DataFrame, dict]:
     """Time every method of `opts.methods` (plus the references); returns (table, metadata).
 
-    All models stay resident and every phase is timed round robin; `one_at_a_time` builds, times and frees one
-    method after the other instead (for GPUs that cannot hold them all, e.g. vit_h on 16 GB).
+    All models (every method under every setting) stay resident and every phase is timed round robin;
+    `one_at_a_time` builds, times and frees one model after the other instead (for GPUs that cannot hold them all,
+    e.g. vit_h on 16 GB).
     """
     device = resolve_device(opts.device)
-    precision = resolve_precision(opts.precision, device)
+    settings = opts.settings(device)
     specs = resolve_methods(opts.methods)
     missing = [r for r in REFERENCES if r not in {s.name for s in specs}]
     specs = (resolve_methods(",".join(missing)) if missing else []) + specs
+    pairs = [(spec, setting) for setting in settings for spec in specs]
 
-    def build(spec: MethodSpec) -> Subject:
+    def build(spec: MethodSpec, setting: Setting) -> Subject:
         if on_method:
-            on_method(f"building {spec.name}")
-        return Subject(spec, opts, device, precision)
+            on_method(f"building {spec.name}" + (f" ({_label(setting)})" if len(settings) > 1 else ""))
+        return Subject(spec, opts, device, setting)
 
     if opts.one_at_a_time:
         rows = []
-        for spec in specs:
-            rows += measure([build(spec)], opts, device, on_method)
+        for pair in pairs:
+            rows += measure([build(*pair)], opts, device, on_method)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     else:
-        rows = measure([build(spec) for spec in specs], opts, device, on_method)
-    table = pd.DataFrame(rows).set_index("method")
-    table["train_vs_lora"] = table["train_ms"] / table.loc["lora", "train_ms"]
-    table["search_vs_lora"] = table["search_ms"] / table.loc["lora", "train_ms"]
-    table["infer_vs_base"] = table["infer_ms"] / table.loc["decoder_only", "infer_ms"]
+        rows = measure([build(*pair) for pair in pairs], opts, device, on_method)
+    table = pd.DataFrame(rows)
+    keys = list(asdict(settings[0]))
+    lora = _lookup(table, keys, table["method"] == "lora", "train_ms")  # LoRA under the row's setting
+    table["train_vs_lora"] = table["train_ms"] / lora
+    table["search_vs_lora"] = table["search_ms"] / lora
+    table["infer_vs_base"] = table["infer_ms"] / _lookup(table, keys, table["method"] == "decoder_only", "infer_ms")
+    if len(settings) > 1:  # each method against itself under the first setting
+        first = (table[keys] == pd.Series(asdict(settings[0]))).all(axis=1)
+        for column in ("train_ms", "infer_ms"):
+            table[column.replace("_ms", "_vs_first_setting")] = table[column] / _lookup(table, ["method"], first, column)
     meta = {
         "settings": {**{k: v for k, v in asdict(opts).items() if k != "out"},
-                     "image_size": opts.image_size or SAM_SPECS[opts.sam].img_size, "precision": precision,
+                     "image_size": opts.image_size or SAM_SPECS[opts.sam].img_size,
+                     "timed_settings": [asdict(setting) for setting in settings],
                      "weights": "random initialisation (speed does not depend on values)", "inputs": "random",
                      "order": "one method at a time" if opts.one_at_a_time else
                      "repeats interleaved across methods (round robin)"},
@@ -215,27 +241,43 @@ def run_bench(opts: BenchOptions, on_method=None) -> tuple[pd.DataFrame, dict]:
                    "torch_threads": torch.get_num_threads()},
         "environment": environment(),
     }
-    return table.reset_index(), meta
+    return table, meta
+
+
+def _lookup(table: pd.DataFrame, on: list[str], rows: pd.Series, column: str) -> pd.Series:
+    """For every row of `table`, `column` of the row among `rows` that matches it on the columns `on`."""
+    return pd.Series(table[on].merge(table.loc[rows, [*on, column]], on=on, how="left")[column].to_numpy(),
+                     index=table.index)
+
+
+def _label(setting: Setting) -> str:
+    return f"{setting.precision}, {setting.attention} attention, checkpointing {'on' if setting.checkpointing else 'off'}"
 
 
 def write_bench(table: pd.DataFrame, meta: dict, out: Path) -> list[Path]:
     s, d = meta["settings"], meta["device"]
-    extras = ("_sdpa" if s["attention"] == "sdpa" else "") + ("_ckpt" if s["checkpointing"] else "") + \
-        ("" if s["optimizer_kernel"] == "fused" else f"_{s['optimizer_kernel']}")
-    stem = Path(out) / f"bench_{s['sam']}_{s['image_size']}px_b{s['batch']}_{s['precision']}{extras}_{d['type']}"
+    variants = {k: list(dict.fromkeys(v[k] for v in s["timed_settings"]))
+                for k in ("precision", "attention", "checkpointing")}
+    extras = "".join([
+        "_" + "+".join(variants["precision"]),
+        "" if variants["attention"] == ["original"] else "_" + "+".join(variants["attention"]),
+        "" if variants["checkpointing"] == [False] else
+        "_" + "+".join("ckpt" if c else "plain" for c in variants["checkpointing"]),
+        "" if s["optimizer_kernel"] == "fused" else f"_{s['optimizer_kernel']}"])
+    stem = Path(out) / f"bench_{s['sam']}_{s['image_size']}px_b{s['batch']}{extras}_{d['type']}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     note = ("CPU run at a small image size: absolute times are not the paper's; compare ratios only."
             if d["type"] == "cpu" else f"Device: {d['name']}.")
-    header = (f"# peftbench bench: SAM {s['sam']}, {s['image_size']} px, batch {s['batch']}, {s['precision']}, "
-              f"attention {s['attention']}, checkpointing {'on' if s['checkpointing'] else 'off'}, "
-              f"optimizer kernel {s['optimizer_kernel']}, "
+    header = (f"# peftbench bench: SAM {s['sam']}, {s['image_size']} px, batch {s['batch']}, "
+              f"{'; '.join(_label(Setting(**v)) for v in s['timed_settings'])}, optimizer kernel {s['optimizer_kernel']}, "
               f"{d['name']}\n\nms per training step (forward, loss, backward, optimizer) and per inference batch; "
               f"median of {s['repeats']} repeats ({s['order']}) of {s['iters']} iterations after "
               f"{s['warmup']} warm-up. Peak memory (CUDA only): the model's weights plus the peak above them. "
               f"search_ms: one iteration of the architecture-search phase (architecture step + weight step). "
               f"train_cached_ms: a step on cached image embeddings (frozen encoder, from the 2nd epoch on). "
               f"infer_ms: merged model where the merge is exact, else unmerged. Ratios: to LoRA's training step "
-              f"and to the base SAM's (decoder-only) inference, same run. {note}\n\n")
+              f"and to the base SAM's (decoder-only) inference under the same setting, and (*_vs_first_setting) to "
+              f"the same method under the first setting, all from this run. {note}\n\n")
     paths = [stem.with_suffix(".md"), stem.with_suffix(".csv"), stem.with_suffix(".json")]
     paths[0].write_text(header + table.to_markdown(index=False, floatfmt=".3g") + "\n")
     table.to_csv(paths[1], index=False)

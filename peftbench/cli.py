@@ -54,16 +54,6 @@ EXECUTOR_DEFAULTS = {"ray_address": None, "ray_cpus_per_run": "1", "slurm_partit
                      "slurm_gpus_per_task": "1", "slurm_cpus_per_task": "6"}
 
 
-def _add_speed_args(p: argparse.ArgumentParser) -> None:
-    """Speed settings shared by `run` and `bench`: each leaves results unchanged up to float precision."""
-    p.add_argument("--attention", default="original", choices=["original", "sdpa"],
-                   help="SAM attention as released, or through scaled_dot_product_attention (same results)")
-    p.add_argument("--checkpointing", action="store_true", help="activation checkpointing of the encoder blocks")
-    p.add_argument("--optimizer-kernel", default="fused", choices=["fused", "foreach", "loop"],
-                   help="how Adam(W) updates: one fused kernel (default), one kernel per operation, or a loop over "
-                        "tensors (PyTorch's CPU default); same maths, results equal within float rounding")
-
-
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default="miniature",
                    help="comma-separated registered methods, 'all' (the main methods), 'ablations' (the paper's "
@@ -83,7 +73,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                    help="autocast precision (default auto: on CUDA bf16 where native (A100, H100), else fp16 with "
                         "loss scaling (V100); fp32 on the CPU)")
-    _add_speed_args(p)
+    p.add_argument("--attention", default="original", choices=["original", "sdpa"],
+                   help="SAM attention as released, or through scaled_dot_product_attention (same results)")
+    p.add_argument("--checkpointing", action="store_true", help="activation checkpointing of the encoder blocks")
+    p.add_argument("--optimizer-kernel", default="fused", choices=["fused", "foreach", "loop"],
+                   help="how Adam(W) updates: one fused kernel (default), one kernel per operation, or a loop over "
+                        "tensors (PyTorch's CPU default); same maths, results equal within float rounding")
     p.add_argument("--no-embedding-cache", action="store_true",
                    help="recompute frozen image embeddings every epoch (decoder-only caches them by default)")
     p.add_argument("--inference", default="auto", choices=["auto", "merged", "unmerged"],
@@ -293,16 +288,27 @@ def _cmd_tables(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _choices(flag: str, value: str, allowed: list[str]) -> tuple[str, ...]:
+    """A comma-separated flag value, each item one of `allowed`, in order, without repeats."""
+    items = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    wrong = [v for v in items if v not in allowed]
+    if wrong or not items:
+        raise UserError(f"{flag} {value!r}: give one or more of {', '.join(allowed)}, comma-separated")
+    return items
+
+
 def _cmd_bench(args: argparse.Namespace, console: Console) -> int:
     from .bench import BenchOptions, run_bench, write_bench
 
     opts = BenchOptions(
         sam=args.sam, methods=args.methods, batch=_positive_int("--batch", args.batch),
         image_size=_positive_int("--image-size", args.image_size) if args.image_size else None,
-        precision=args.precision, device=args.device, warmup=_positive_int("--warmup", args.warmup),
+        precisions=_choices("--precision", args.precision, ["auto", "fp32", "fp16", "bf16"]),
+        attentions=_choices("--attention", args.attention, ["original", "sdpa"]),
+        checkpointing=tuple(c == "on" for c in _choices("--checkpointing", args.checkpointing, ["off", "on"])),
+        device=args.device, warmup=_positive_int("--warmup", args.warmup),
         iters=_positive_int("--iters", args.iters), repeats=_positive_int("--repeats", args.repeats), out=Path(args.out),
-        one_at_a_time=args.one_at_a_time, attention=args.attention, checkpointing=args.checkpointing,
-        optimizer_kernel=args.optimizer_kernel,
+        one_at_a_time=args.one_at_a_time, optimizer_kernel=args.optimizer_kernel,
     )
     table, meta = run_bench(opts, on_method=lambda name: console.print(f"bench: {name}", style="dim"))
     for path in write_bench(table, meta, opts.out):
@@ -353,12 +359,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="all")
     p.add_argument("--batch", default="4", help="images per step (default 4)")
     p.add_argument("--image-size", default=None, help="input size in px (default: the architecture's own)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    p.add_argument("--precision", default="auto",
+                   help="auto, fp32, fp16 or bf16; several, comma-separated, are each timed in this run (the first "
+                        "is the reference of the *_vs_first_setting columns)")
+    p.add_argument("--attention", default="original", help="original, sdpa or original,sdpa (both, in this run)")
+    p.add_argument("--checkpointing", default="off", help="off, on or off,on (both, in this run)")
+    p.add_argument("--optimizer-kernel", default="fused", choices=["fused", "foreach", "loop"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--warmup", default="2", help="untimed iterations first (default 2)")
     p.add_argument("--iters", default="5", help="iterations per repeat (default 5)")
     p.add_argument("--repeats", default="3", help="repeats; the median is reported (default 3)")
-    _add_speed_args(p)
     p.add_argument("--one-at-a-time", action="store_true",
                    help="build and time one method after the other (default: all resident, repeats interleaved)")
     p.add_argument("--out", default="benchmarks/results")

@@ -2,6 +2,7 @@
 
 import json
 
+import pandas as pd
 import pytest
 
 from peftbench.bench import BenchOptions, run_bench, write_bench
@@ -33,8 +34,25 @@ def test_bench_rejects_bad_flags_in_one_line(args, message, capsys):
 
 def test_bench_one_method_at_a_time_gives_the_same_table_shape():
     opts = BenchOptions(sam="tiny", methods="dora", batch=1, warmup=1, iters=1, repeats=1, device="cpu",
-                        one_at_a_time=True, attention="sdpa", checkpointing=True)
+                        one_at_a_time=True, attentions=("sdpa",), checkpointing=(True,))
     table, meta = run_bench(opts)
-    assert meta["settings"]["attention"] == "sdpa" and meta["settings"]["checkpointing"]
+    assert meta["settings"]["timed_settings"] == [{"precision": "fp32", "attention": "sdpa", "checkpointing": True}]
     assert list(table["method"]) == ["lora", "decoder_only", "dora"] and meta["settings"]["order"] == "one method at a time"
     assert table["train_cached_ms"].notna().tolist() == [False, True, False]
+    assert "train_vs_first_setting" not in table  # one setting: nothing to compare it with
+
+
+def test_bench_times_several_settings_in_one_run_with_ratios_per_setting(tmp_path, capsys):
+    assert main(["bench", "--sam", "tiny", "--methods", "lora", "--batch", "1", "--warmup", "1", "--iters", "1",
+                 "--repeats", "1", "--device", "cpu", "--precision", "fp32,bf16", "--attention", "original,sdpa",
+                 "--checkpointing", "off,on", "--out", str(tmp_path)]) == 0
+    md = tmp_path / "bench_tiny_64px_b1_fp32+bf16_original+sdpa_plain+ckpt_cpu.md"
+    assert "fp32, original attention, checkpointing off; fp32, original attention, checkpointing on" in md.read_text()
+    table = pd.read_csv(md.with_suffix(".csv"))
+    assert len(table) == 2 * 8 and set(table["method"]) == {"lora", "decoder_only"}
+    first = table[(table["precision"] == "fp32") & (table["attention"] == "original") & ~table["checkpointing"]]
+    assert (first["train_vs_first_setting"] == 1).all() and (first["infer_vs_first_setting"] == 1).all()
+    assert (table.loc[table["method"] == "lora", "train_vs_lora"] == 1).all()  # LoRA of the same setting
+    assert (table.loc[table["method"] == "decoder_only", "infer_vs_base"] == 1).all()
+    assert main(["bench", "--precision", "fp32,fp8"]) == 2
+    assert "--precision 'fp32,fp8': give one or more of auto, fp32, fp16, bf16" in capsys.readouterr().err
