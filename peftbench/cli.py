@@ -370,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", default="5", help="iterations per repeat (default 5)")
     p.add_argument("--repeats", default="3", help="repeats; the median is reported (default 3)")
     p.add_argument("--one-at-a-time", action="store_true",
-                   help="build and time one method after the other (default: all resident, repeats interleaved)")
+                   help="build and time one model (method and setting) after the other (default: all resident, "
+                        "repeats interleaved)")
     p.add_argument("--out", default="benchmarks/results")
     p = sub.add_parser("pretrain-tiny", help="pretrain the tiny SAM on the generic synthetic corpus")
     p.add_argument("--seed", type=int, default=0)
