@@ -26,7 +26,7 @@ from .records import environment, write_json_atomic
 from .runner import DEFAULTS
 from .sam import SAM_SPECS, build_sam
 from .segmenter import SamSegmenter
-from .speed import CachedEncoder, checkpoint_blocks, encoder_is_frozen, use_sdpa
+from .speed import checkpoint_blocks, embedding_cache, encoder_is_frozen, use_sdpa
 from .train import Optimization, autocast, resolve_device, resolve_precision, training_loss
 
 BINARY = DatasetCard(name="random", kind="binary", source="bench", description="random inputs", num_classes=1,
@@ -104,6 +104,7 @@ class Subject:
         every = [list(self.groups)]
         # Methods with a schedule (NAS-LoRA) also have a search-phase iteration: architecture step(s) + weight step.
         self.plans = {"train": self.method.step_plan(0, 0) or every, "search": self.method.step_plan(10**6, 0) or every}
+        self.embedding_cache = None  # (keyed, release) of speed.embedding_cache once a cached step ran
 
     def weight_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in [*self.model.parameters(), *self.model.buffers()])
@@ -118,11 +119,18 @@ class Subject:
         self.optimization.set_trainable(list(self.groups))
 
     def cached_train_step(self) -> None:
-        """A training step with the image embeddings already cached (the encoder is frozen)."""
-        if not isinstance(self.model.image_encoder, CachedEncoder):
-            self.model.image_encoder = CachedEncoder(self.model.image_encoder)
-        with self.model.image_encoder.keyed([("bench", i) for i in range(len(self.x))]):
+        """A training step with the image embeddings already cached (the encoder is frozen), as the trainer's."""
+        if self.embedding_cache is None:
+            self.embedding_cache = embedding_cache(self.model)
+        keyed, _ = self.embedding_cache
+        with keyed("bench")(range(len(self.x))):
             self.train_step(self.plans["train"])
+
+    def release_embedding_cache(self) -> None:
+        """Back to the real encoder (inference times it)."""
+        if self.embedding_cache is not None:
+            self.embedding_cache[1]()
+            self.embedding_cache = None
 
     @torch.no_grad()
     def infer(self) -> None:
@@ -169,7 +177,7 @@ def measure(subjects: list[Subject], opts: BenchOptions, device: torch.device, l
     if log:
         log("timing inference")
     for subject in cached:  # inference runs the real encoder
-        subject.model.image_encoder = subject.model.image_encoder.encoder
+        subject.release_embedding_cache()
     unmerged = timed(subjects, Subject.infer)
     mergeable = [s for s in subjects if s.spec.merge_kind != "none"]
     for subject in mergeable:
