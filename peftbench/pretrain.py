@@ -33,7 +33,7 @@ from segment_anything.modeling import Sam
 from .data.corpus import iter_corpus
 from .losses import bce_dice
 from .sam import load_sam
-from .segmenter import IMAGENET_MEAN, IMAGENET_STD, SamSegmenter
+from .segmenter import SamSegmenter, normalise
 
 VAL_SEED_OFFSET = 1_000_003  # validation corpus seed = training seed + this: disjoint streams
 
@@ -61,13 +61,6 @@ def corpus_tensors(count: int, size: int, seed: int) -> tuple[torch.Tensor, torc
         images.append(item.image)
         masks.append(item.foreground)
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(np.stack(masks))
-
-
-def normalise(images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, S, S) uint8 -> ImageNet-normalised float, as the downstream loaders feed SAM."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
-    return (images.float() / 255 - mean) / std
 
 
 @torch.no_grad()

@@ -20,6 +20,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, S, S) uint8 -> ImageNet-normalised float: what the segmenter takes (loaders and pretraining alike)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255 - mean) / std
+
+
 class SamSegmenter(nn.Module):
     """A frozen SAM encoder with a trainable, prompt-free mask decoder.
 

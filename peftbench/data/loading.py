@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from ..segmenter import IMAGENET_MEAN, IMAGENET_STD
+from ..segmenter import normalise
 from .cards import DatasetCard
 from .files import IGNORE_LABEL, read_manifest
 from .synthetic import generate
@@ -41,8 +41,6 @@ class SegmentationDataset(Dataset):
     def __init__(self, samples, kind: str, size: int, train: bool, keys: bool = False,
                  cache_bytes: int = CACHE_BYTES) -> None:
         self.samples, self.kind, self.size, self.train, self.keys = samples, kind, size, train, keys
-        self.pixel_mean = 255 * torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        self.pixel_std = 255 * torch.tensor(IMAGENET_STD).view(3, 1, 1)
         # Decoded, resized and laid out uint8 pairs, kept while they fit the budget: each image is decoded, resized,
         # binarised and transposed once, so a cached item costs one normalisation (the loader never stalls a step).
         self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -87,7 +85,7 @@ class SegmentationDataset(Dataset):
             images.append(image.flip(-1) if flipped else image)
             labels.append(label.flip(-1) if flipped else label)
             keys.append(2 * i + flipped)
-        x = torch.stack(images).float().sub_(self.pixel_mean).div_(self.pixel_std)  # ImageNet normalisation, 0-255
+        x = normalise(torch.stack(images))
         y = torch.stack(labels)
         y = y.float() if self.kind == "binary" else y.long()
         return (x, y, torch.tensor(keys)) if self.keys else (x, y)
