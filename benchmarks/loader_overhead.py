@@ -86,7 +86,8 @@ def measure(card, spec, args) -> dict:
     cached = keyed("train")
     data = build_splits(card, model.img_size, keys=True)["train"]
     workers = config["num_workers"]
-    loader = data.loader(config["batch_size"], shuffle=True, num_workers=workers, pin_memory=device.type == "cuda",
+    loader = data.loader(config["batch_size"], shuffle=True, generator=torch.Generator().manual_seed(0),
+                         num_workers=workers, pin_memory=device.type == "cuda",
                          persistent_workers=workers > 0)
     groups = method.parameter_groups(model)
     optimization = Optimization(groups, config, total_steps=10**6, device=device)

@@ -14,7 +14,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .data import DatasetCard
+from .data.loading import AUGMENTATION
 from .data.prepare import file_digest
+from .errors import UserError
 from .executors import Executor, LocalExecutor, RunTask
 from .methods import MethodSpec
 from .records import environment, is_complete, record_path
@@ -60,6 +62,10 @@ def resolve_config(method: MethodSpec, card: DatasetCard, seed: int, opts: GridO
     # A random backbone uses no weights: neither the checkpoint nor the shipped tiny weights are part of its config.
     checkpoint = opts.checkpoint if method.backbone == "pretrained" else None
     architecture = "tiny_random" if opts.sam == "tiny" and method.backbone == "random" else opts.sam
+    epochs = opts.epochs or train.get("epochs", card.epochs)
+    problem = method.build().check_schedule(epochs)
+    if problem:  # e.g. a NAS search that would take no step: refuse rather than record a LoRA run under its name
+        raise UserError(f"{method.name} on {card.name} with {epochs} epochs: {problem}")
     return {
         **DEFAULTS,
         "method": method.as_dict(),
@@ -71,7 +77,8 @@ def resolve_config(method: MethodSpec, card: DatasetCard, seed: int, opts: GridO
         "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,
         "device": device.type,
         "precision": resolve_precision(opts.precision, device),
-        "epochs": opts.epochs or train.get("epochs", card.epochs),
+        "epochs": epochs,
+        "augmentation": AUGMENTATION,
         "lr": train.get("lr", card.lr),
         "group_optim": train.get("group_optim", {}),
         "batch_size": opts.batch_size,

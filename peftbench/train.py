@@ -4,7 +4,8 @@ AdamW (betas 0.9/0.999, eps 1e-6, weight decay 1e-4 except on biases, norms and 
 (accumulated from micro-batches, 1 image each on CUDA as in that harness), linear decay of the learning rate to 0
 over all steps, gradient-norm clipping at 1.0, random horizontal flip, fp32 on the CPU and fp16 autocast with loss
 scaling on CUDA (or --precision bf16/fp32). After every epoch the validation split is scored;
-the weights with the best validation score are the ones tested (the test split never selects anything).
+the weights with the best validation score are the ones tested (the test split never selects anything), among the
+epochs the method allows (NAS-LoRA: those after its search started, so the tested model is a searched one).
 """
 
 from __future__ import annotations
@@ -91,11 +92,12 @@ def count_params(model: torch.nn.Module, sam_name: str) -> dict:
     return {"trainable": trainable, "total": total, "sam_total": official, "ratio_percent": 100.0 * trainable / official}
 
 
-def _optimizer(params: list[torch.nn.Parameter], own: dict, config: dict) -> torch.optim.Optimizer:
+def _optimizer(params: list[torch.nn.Parameter], own: dict, config: dict, lr_scale: float) -> torch.optim.Optimizer:
     """The harness's AdamW (no weight decay on 1-D parameters), or what a method's TOML gives its group
-    (`[train.group_optim.<group>]`: optimizer, lr, weight_decay, betas)."""
+    (`[train.group_optim.<group>]`: optimizer, lr, weight_decay, betas); the learning rate times `lr_scale` (the
+    method's schedule, e.g. NAS-LoRA's search budget)."""
     wd = own.get("weight_decay", config["weight_decay"])
-    kwargs = {"lr": own.get("lr", config["lr"]), "betas": tuple(own.get("betas", (0.9, 0.999))), "eps": 1e-6,
+    kwargs = {"lr": own.get("lr", config["lr"]) * lr_scale, "betas": tuple(own.get("betas", (0.9, 0.999))), "eps": 1e-6,
               **OPTIMIZER_KERNELS[config["optimizer_kernel"]]}
     if own.get("optimizer", "adamw") == "adam":  # L2 weight decay on every parameter, as PC-DARTS' architect
         return torch.optim.Adam(params, weight_decay=wd, **kwargs)
@@ -111,10 +113,11 @@ class Optimization:
     """
 
     def __init__(self, groups: dict[str, list[torch.nn.Parameter]], config: dict, total_steps: int,
-                 device: torch.device) -> None:
+                 device: torch.device, lr_scale: dict[str, float] | None = None) -> None:
         self.groups, self.grad_clip = groups, config["grad_clip"]
-        own = config["group_optim"]
-        self.optimizers = {name: _optimizer(params, own.get(name, {}), config) for name, params in groups.items()}
+        own, lr_scale = config["group_optim"], lr_scale or {}
+        self.optimizers = {name: _optimizer(params, own.get(name, {}), config, lr_scale.get(name, 1.0))
+                           for name, params in groups.items()}
         linear = lambda s: max(0.0, 1 - s / max(1, total_steps))  # noqa: E731
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(
             opt, (lambda s: 1.0) if own.get(name, {}).get("schedule") == "constant" else linear)
@@ -248,6 +251,24 @@ def _peak_memory_mib(device: torch.device) -> dict:
     return {"peak_memory_mib": peak_kib / 1024, "memory_kind": "process_peak_rss"}
 
 
+def training_speed(history: list[dict], counts: dict) -> dict:
+    """Training throughput as the paper's Table 5 reports it: iter/s of weight passes (forward + backward of one
+    micro-batch, with its share of the optimizer step) and min/epoch of weight-only epochs; a search (NAS-LoRA's
+    architecture passes) gets its own iter/s and the min/epoch of the epochs that search. A figure a run has no
+    passes or epochs for is absent."""
+    def per_epoch(search: bool) -> dict:
+        times = [h["train_s"] for h in history if (h.get("arch_steps", 0) > 0) == search]
+        return {f"train_min_per_epoch{'_search' if search else ''}": float(np.mean(times)) / 60} if times else {}
+
+    speed = {"train_images_per_s": counts["train_images"] / max(sum(h["train_s"] for h in history), 1e-9),
+             **per_epoch(False), **per_epoch(True)}
+    if counts["weight_passes"]:
+        speed["train_iter_per_s"] = counts["weight_passes"] / max(counts["weight_s"], 1e-9)
+    if counts["arch_passes"]:
+        speed["arch_iter_per_s"] = counts["arch_passes"] / max(counts["arch_s"], 1e-9)
+    return speed
+
+
 def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step: StepCallback | None = None,
               checkpoint: Path | None = None, lock: Path | None = None, checkpoint_interval_s: float = 0.0) -> dict:
     """Train, select on validation, test. Returns the record fields metrics, per_image, params, timing, history.
@@ -282,7 +303,9 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
 
     groups = method.parameter_groups(model)
     steps_per_epoch = -(-len(train_loader) // accumulate)
-    optimization = Optimization(groups, config, steps_per_epoch * config["epochs"], device)
+    schedule = method.schedule(config["epochs"], steps_per_epoch)  # e.g. NAS-LoRA's architecture start and budget
+    optimization = Optimization(groups, config, steps_per_epoch * config["epochs"], device, schedule.get("lr_scale"))
+    schedule["lr"] = {name: opt.param_groups[0]["lr"] for name, opt in optimization.optimizers.items()}
     every_group = list(groups)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -300,7 +323,11 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
 
     select = spec(card.select_metric, card.kind, card.multiclass_protocol)
     best_score, best_state, best_epoch, stale = None, None, -1, 0
-    history, train_time, passes, train_images = [], 0.0, 0, 0
+    history = []
+    # Weight passes and architecture passes (NAS-LoRA's search) are counted and timed apart, as the paper's Table 5
+    # reports them; `steps`: optimizer steps taken per parameter group.
+    counts = {"weight_passes": 0, "weight_s": 0.0, "arch_passes": 0, "arch_s": 0.0, "train_images": 0,
+              "steps": dict.fromkeys(groups, 0)}
     saved = load_checkpoint(checkpoint, config_hash(config)) if checkpoint else None
     last_save = time.monotonic()
     if saved:  # continue after the last finished epoch of a killed run
@@ -308,18 +335,18 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
         optimization.load_state_dict(saved["optimization"])
         best_score, best_state, best_epoch, stale = saved["best_score"], saved["best_state"], saved["best_epoch"], \
             saved["stale"]
-        history, train_time, passes, train_images = saved["history"], saved["train_time"], saved["passes"], \
-            saved["train_images"]
+        history, counts = saved["history"], saved["counts"]
         set_rng_state(saved["rng"], loader_gen)
     for epoch in range(len(history), config["epochs"]):
         if stale >= config["patience"]:
             break
         model.train()
-        epoch_start, epoch_passes = time.perf_counter(), 0
+        epoch_start, epoch_passes, epoch_arch_steps = time.perf_counter(), 0, 0
         losses = []
         for step, chunk in enumerate(batches()):
             for active in method.step_plan(epoch, step) or [every_group]:
                 optimization.set_trainable(active)
+                pass_start = time.perf_counter()
                 for x, y, keys in chunk:
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     with keyed("train")(keys):
@@ -329,25 +356,32 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
                     if not np.isfinite(losses[-1]):  # stop here: a NaN/inf loss would train on garbage till the end
                         raise FloatingPointError(f"training loss is {losses[-1]} at epoch {epoch + 1}, step {step + 1} "
                                                  f"({method_spec.name} on {card.name}, seed {config['seed']})")
-                    train_images += len(x)
-                    epoch_passes += 1
+                    if "weights" in active:
+                        counts["train_images"] += len(x)
                 optimization.step(active)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                kind = "weight" if "weights" in active else "arch"  # a simultaneous step is one weight pass
+                counts[f"{kind}_s"] += time.perf_counter() - pass_start
+                counts[f"{kind}_passes"] += len(chunk)
+                epoch_passes += len(chunk)
+                for name in active:
+                    counts["steps"][name] += 1
+                epoch_arch_steps += "arch" in active
                 if on_step:
                     on_step(epoch, step, steps_per_epoch, losses[-1], active)
         optimization.set_trainable(every_group)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
         epoch_time = time.perf_counter() - epoch_start
-        train_time += epoch_time
-        passes += epoch_passes
 
         val_metrics, _, _ = evaluate(model, eval_loader("val"), card, device, config["precision"], keyed("val"),
                                      config["eval_resolution"], names=[card.select_metric])
         score = val_metrics[card.select_metric]
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val": val_metrics,
-                        "train_s": epoch_time, "train_passes": epoch_passes})
+                        "train_s": epoch_time, "train_passes": epoch_passes, "arch_steps": epoch_arch_steps})
         better = best_score is None or (score > best_score if select.higher_is_better else score < best_score)
-        if better:
+        if not method.selectable(epoch):  # e.g. NAS-LoRA before its search: not yet the method it is named after
+            pass
+        elif better:
             best_score, best_epoch, stale = score, epoch, 0
             best_state = trainable_state(model)
         else:
@@ -357,10 +391,10 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
             save_checkpoint(checkpoint, {
                 "config_hash": config_hash(config), "model": trainable_state(model),
                 "optimization": optimization.state_dict(), "best_score": best_score, "best_state": best_state,
-                "best_epoch": best_epoch, "stale": stale, "history": history, "train_time": train_time,
-                "passes": passes, "train_images": train_images, "rng": rng_state(loader_gen)}, lock)
+                "best_epoch": best_epoch, "stale": stale, "history": history, "counts": counts,
+                "rng": rng_state(loader_gen)}, lock)
     model.load_state_dict(best_state, strict=False)
-    statistics = method.statistics(model)  # of the selected (tested) weights, before any merge
+    statistics = method.statistics(model, counts["steps"])  # of the selected (tested) weights, before any merge
     release_cache()  # the test measures the real model's inference: no cached embeddings
 
     def test() -> tuple[dict, dict, float]:
@@ -390,21 +424,16 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
             if config["inference"] == "merged":
                 metrics, per_image, infer_ips, inference_model = merged_metrics, merged_per_image, merged_ips, "merged"
     merge["evaluated_model"] = inference_model
-    timing = {
-        "train_iter_per_s": passes / max(train_time, 1e-9),  # forward+backward passes of one micro-batch per second
-        "train_images_per_s": train_images / max(train_time, 1e-9),
-        "train_min_per_epoch": train_time / 60 / len(history),
-        "infer_img_per_s": infer_ips,
-        "inference_model": inference_model,
-        **_peak_memory_mib(device),
-    }
+    timing = {**training_speed(history, counts), "infer_img_per_s": infer_ips, "inference_model": inference_model,
+              **_peak_memory_mib(device)}
     return {
         "metrics": metrics, "per_image": per_image, "params": params, "timing": timing, "merge": merge,
         "excluded_pairs": len(card.excluded),  # bad pairs left out with --skip-bad (listed in config.dataset)
-        "selection": {"metric": card.select_metric, "split": "val", "best_epoch": best_epoch, "best_score": best_score},
+        "selection": {"metric": card.select_metric, "split": "val", "best_epoch": best_epoch, "best_score": best_score,
+                      "first_selectable_epoch": next(e for e in range(config["epochs"]) if method.selectable(e))},
         "metric_definitions": provenance(list(metrics[next(iter(metrics))]), card.kind, card.multiclass_protocol,
                                          RESOLUTIONS[config["eval_resolution"]].format(size=model.img_size),
                                          card.f_beta2),
-        "history": history, "milestones": method.milestones(), "statistics": statistics,
+        "history": history, "milestones": method.milestones(), "statistics": statistics, "schedule": schedule,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }

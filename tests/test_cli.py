@@ -128,8 +128,10 @@ def test_nas_run_records_its_operation_distribution_and_draws_the_figures(tmp_pa
     args = ["--device", "cpu", "--datasets", "synth_road", "--seeds", "0,1", "--epochs", "2", "--methods", "nas_pc_lora"]
     assert run(args, tmp_path) == 0
     record = json.loads(record_path(tmp_path, "synth_road", "nas_pc_lora", 0).read_text())
-    assert len(record["statistics"]["per_cell"]) == 4 and record["milestones"]["architecture updates start"] == 10
+    assert len(record["statistics"]["per_cell"]) == 4 and record["milestones"]["architecture updates start"] == 1
     assert record["merge"]["kind"] == "approximate" and "metric_delta" in record["merge"]
+    assert record["schedule"]["arch_start_epoch"] == 1 and record["statistics"]["architecture_steps"] == 16
+    assert record["selection"]["best_epoch"] == 1  # the searched epoch, the only one selectable
     figures = tmp_path / "figures"
     for stem in ("convergence_synth_road", "operations_synth_road"):
         assert (figures / f"{stem}.png").stat().st_size > 0 and (figures / f"{stem}.pdf").is_file()

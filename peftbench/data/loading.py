@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from ..segmenter import normalise
 from .cards import DatasetCard
@@ -22,6 +22,8 @@ from .files import IGNORE_LABEL, read_manifest
 from .synthetic import generate
 from .validate import drop_images
 
+# In every run's config (so records trained with another augmentation stream are rerun, not mixed with these).
+AUGMENTATION = "horizontal flip p=0.5 per training image, drawn with the shuffle from the run's seeded loader generator"
 SPLIT_OFFSETS = {"train": 0, "val": 1, "test": 2}
 CACHE_BYTES = 2**30  # per split and per loader worker: 1024 px pairs are 4 MiB, so ~250 images
 
@@ -75,13 +77,12 @@ class SegmentationDataset(Dataset):
             self.cache[i] = pair
         return pair
 
-    def batch(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
-        """x (B, 3, S, S), y (B, S, S), and with `keys` key (B,) = 2 i + flipped, which identifies the exact input
-        image. Equal to collating the items one by one, at a third of the cost."""
+    def batch(self, items: list[tuple[int, bool]]) -> tuple[torch.Tensor, ...]:
+        """items: (index, flipped) pairs. x (B, 3, S, S), y (B, S, S), and with `keys` key (B,) = 2 i + flipped,
+        which identifies the exact input image. Equal to collating the items one by one, at a third of the cost."""
         images, labels, keys = [], [], []
-        for i in indices:
+        for i, flipped in items:
             image, label = self._prepared(i)
-            flipped = bool(self.train and torch.rand(()) < 0.5)  # random horizontal flip, p = 0.5
             images.append(image.flip(-1) if flipped else image)
             labels.append(label.flip(-1) if flipped else label)
             keys.append(2 * i + flipped)
@@ -90,20 +91,48 @@ class SegmentationDataset(Dataset):
         y = y.float() if self.kind == "binary" else y.long()
         return (x, y, torch.tensor(keys)) if self.keys else (x, y)
 
-    def __getitem__(self, index: int | list[int]) -> tuple:
-        """One item i: (x, y), or (x, y, key) with `keys`; a list of items: their `batch`."""
+    def __getitem__(self, index: int | list[tuple[int, bool]]) -> tuple:
+        """Item i unflipped: (x, y), or (x, y, key) with `keys`; a list of (index, flipped) pairs: their `batch`."""
         if isinstance(index, list):
             return self.batch(index)
-        x, y, *key = self.batch([index])
+        x, y, *key = self.batch([(index, False)])
         return (x[0], y[0], int(key[0][0])) if key else (x[0], y[0])
 
     def loader(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
                **kwargs) -> DataLoader:
-        """A DataLoader (kwargs: num_workers, pin_memory, ...) that reads whole batches (`batch`), in the order
-        DataLoader(self, batch_size, shuffle, generator) would."""
+        """A DataLoader (kwargs: num_workers, pin_memory, ...) that reads whole batches (`batch`), shuffled by
+        `generator` as DataLoader(self, batch_size, shuffle, generator) shuffles, each image of a training split
+        flipped with p = 0.5 by a draw from the same generator (see FlipBatchSampler)."""
         items = RandomSampler(self, generator=generator) if shuffle else SequentialSampler(self)
-        return DataLoader(self, batch_size=None, sampler=BatchSampler(items, batch_size, drop_last=False),
-                          generator=generator, **kwargs)
+        batches = FlipBatchSampler(BatchSampler(items, batch_size, drop_last=False), self.train, generator)
+        # `generator` drives the sampler alone: DataLoader would also draw worker seeds from it, once per epoch
+        # without persistent workers and once per run with them, so the order would depend on the worker setting.
+        return DataLoader(self, batch_size=None, sampler=batches, **kwargs)
+
+
+class FlipBatchSampler(Sampler):
+    """Batches of (index, flipped) pairs: the indices of `batches`, the random horizontal flips (p = 0.5, when
+    `flip`) drawn from `generator` right after each batch's indices.
+
+    The flips are drawn here, in the main process, from the run's seeded loader generator, never from the global
+    RNG: a method's initialisation and its own random operations during training (Conv-LoRA's gate noise, Mona's
+    dropout) advance the global RNG differently, and loader workers reseed theirs. So for one seed every method sees
+    the same images in the same order with the same flips, which the paired tests of the report assume.
+    """
+
+    def __init__(self, batches: BatchSampler, flip: bool, generator: torch.Generator | None) -> None:
+        if flip and generator is None:
+            raise ValueError("random flips need a seeded generator (the run's loader generator)")
+        self.batches, self.flip, self.generator = batches, flip, generator
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for indices in self.batches:
+            flips = (torch.rand(len(indices), generator=self.generator) < 0.5).tolist() if self.flip \
+                else [False] * len(indices)
+            yield list(zip(indices, flips))
 
 
 def _synthetic_splits(card: DatasetCard) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -2,12 +2,16 @@
 
 A method is attached to a model in place. The trainer then only talks to it through:
   - `parameter_groups(model)`: named lists of trainable parameters, one optimizer per group;
+  - `schedule(epochs, steps_per_epoch)`: resolve the method's schedule for a run (e.g. NAS-LoRA's architecture
+    start and search budget), before any step; returns what the record stores, with `lr_scale` per group;
+    `check_schedule(epochs)` says beforehand why a schedule cannot work for that many epochs;
   - `step_plan(epoch, step)`: the optimizer steps taken on one batch, each a list of the groups it updates
     (one step of every group, unless a method declares a schedule such as NAS-LoRA's stage-wise optimisation);
+  - `selectable(epoch)`: whether the weights after that epoch may be selected on validation;
   - `extra_loss(model)`: an optional term added to the task loss (e.g. a load-balancing loss);
   - `merge(model)`: fold the adapter into the frozen weights; `merge_kind` says how faithful that is;
-  - `milestones()` and `statistics(model)`: schedule epochs to mark on plots, and what to store about the learned
-    adapter in the run record (e.g. NAS-LoRA's operation distribution).
+  - `milestones()` and `statistics(model, steps)`: schedule epochs to mark on plots, and what to store about the
+    learned adapter in the run record (e.g. NAS-LoRA's operation distribution and whether its search engaged).
 """
 
 from __future__ import annotations
@@ -42,15 +46,30 @@ class Method:
     def parameter_groups(self, model: nn.Module) -> dict[str, list[nn.Parameter]]:
         return {"weights": [p for p in model.parameters() if p.requires_grad]}
 
+    def check_schedule(self, epochs: int) -> str | None:
+        """Why this method's schedule cannot do what its name says in a run of `epochs` epochs, or None."""
+        return None
+
+    def schedule(self, epochs: int, steps_per_epoch: int) -> dict:
+        """Resolve the schedule of a run of `epochs` epochs of `steps_per_epoch` optimizer steps (raises ValueError
+        with check_schedule's reason). Returns the record's account of it; `lr_scale`: {group: learning-rate factor}."""
+        return {}
+
     def step_plan(self, epoch: int, step: int) -> list[list[str]] | None:
         """Optimizer steps on batch `step` of `epoch`, in order, each the group names it updates; None: one step
         of all groups. Groups not in a step get no gradient in it."""
         return None
 
+    def selectable(self, epoch: int) -> bool:
+        """Whether the weights after `epoch` may be selected on validation and tested (NAS-LoRA: only once its
+        search has started; before that the model is LoRA with a uniform operation mixture)."""
+        return True
+
     def milestones(self) -> dict[str, int]:
         return {}
 
-    def statistics(self, model: nn.Module) -> dict | None:
+    def statistics(self, model: nn.Module, steps: dict[str, int]) -> dict | None:
+        """What to store about the trained adapter; `steps`: optimizer steps taken per parameter group."""
         return None
 
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:

@@ -15,9 +15,24 @@ The cell has no parameters of its own beyond the depthwise/pointwise convs and a
 4.0088 M (NAS-LoRA, 3/3) and 4.0046 M (NAS-PC-LoRA, 2/3); the paper prints 4.016 M and 4.009 M.
 
 Stage-wise optimisation (Alg. 1): alpha is its own parameter group ("arch") with its own optimizer (see
-methods/nas_lora.toml). Before `arch_start_epoch` only the weights step; from then on every `weight_steps`
+methods/nas_lora.toml). Before the architecture start only the weights step; from then on every `weight_steps`
 weight steps are preceded by `arch_steps` architecture steps on the same training batch (`step_plan`), or
 both step together when `simultaneous` (Table 9's "update simultaneously").
+
+The schedule rule, the same for every dataset and --epochs (`schedule`):
+  - Start: `arch_start` is a fraction of the run's epochs. The paper starts architecture updates at epoch 10 of
+    ISIC 2017's 30 (section 4.1, Table 9), so the default is 10/30 and Table 9's variants are 0/30 and 20/30; the
+    start epoch is round(arch_start * epochs), halves rounded up. (An absolute epoch 10 would never start on SBU's
+    10 epochs, or with --epochs <= 10.) A schedule that would take no architecture step is an error, not a LoRA run
+    with a frozen uniform mixture.
+  - Budget: the paper's search on ISIC 2017 takes ARCH_REFERENCE_STEPS = 10,000 architecture steps (2,000 training
+    images / batch 4 = 500 steps per epoch, epochs 10-29) at Adam lr 6e-4. Adam moves each alpha by about lr per
+    step whatever the gradient's scale, so the search's reach is lr x steps. The architecture learning rate is
+    scaled by 10,000 / (the run's planned architecture steps): on ISIC at the paper's settings the factor is 1, on a
+    short run (the 64-image synthetic cards: 128 steps) the search still gets the paper's reach instead of 1% of it.
+Validation selects among the epochs after the start only (`selectable`): an earlier checkpoint would be LoRA with a
+uniform mixture, not a searched model. The record stores the resolved start, the planned and taken architecture
+steps, the learning rate used, and whether the search engaged: took steps and moved the operation distribution at least SEARCH_MOVED from uniform.
 
 Merging (Eq. 5-7) is approximate, not exact: the convolutions and pools mix neighbouring tokens, so they cannot
 be folded into a per-token weight. `merge()` folds exactly what is per-token linear (the skip connection's
@@ -27,12 +42,21 @@ exact (unmerged) model unless asked otherwise and records how far the merged one
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import torch
 from torch import nn
 
 from .base import Method, merge_wrappers, replace_targets
 from .lora import LoRALinear, from_map, rank_alpha, to_map
 from .registry import register_family
+
+# The paper's architecture-search budget: ISIC 2017, 2,000 training images at batch 4 for 20 search epochs.
+ARCH_REFERENCE_STEPS = 500 * 20
+# A search "engaged" when it took architecture steps and moved the mean operation distribution this far from uniform
+# (max |p - 1/K|); below it the NAS-LoRA result is LoRA with a fixed uniform mixture, and the tables say so.
+SEARCH_MOVED = 0.01
 
 OPERATIONS = ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5",
               "avg_pool_3x3", "max_pool_3x3", "skip_connect", "none")
@@ -117,23 +141,64 @@ class NASLoRA(Method):
         ids = {id(p) for p in arch}
         return {"weights": [p for p in model.parameters() if p.requires_grad and id(p) not in ids], "arch": arch}
 
+    def start_epoch(self, epochs: int) -> int:
+        """The first epoch with architecture updates: round(arch_start * epochs), halves up (see the module doc)."""
+        fraction = Fraction(str(self.hparams.get("arch_start", "10/30")))
+        if not 0 <= fraction < 1:
+            raise ValueError(f"arch_start {fraction} must be a fraction of the epochs in [0, 1)")
+        return math.floor(fraction * epochs + Fraction(1, 2))
+
+    def check_schedule(self, epochs: int) -> str | None:
+        start = self.start_epoch(epochs)
+        if start >= epochs:
+            return (f"the architecture search would take no step (it starts at epoch {start + 1} = "
+                    f"{self.hparams.get('arch_start', '10/30')} of {epochs} epochs); give more --epochs")
+        return None
+
+    def schedule(self, epochs: int, steps_per_epoch: int) -> dict:
+        problem = self.check_schedule(epochs)
+        if problem:
+            raise ValueError(problem)
+        self.arch_start_epoch = self.start_epoch(epochs)
+        simultaneous = self.hparams.get("simultaneous", False)
+        weight_steps, arch_steps = int(self.hparams.get("weight_steps", 1)), int(self.hparams.get("arch_steps", 1))
+        per_epoch = steps_per_epoch if simultaneous else arch_steps * -(-steps_per_epoch // weight_steps)
+        planned = (epochs - self.arch_start_epoch) * per_epoch
+        reference = ARCH_REFERENCE_STEPS
+        return {"arch_start": str(self.hparams.get("arch_start", "10/30")), "arch_start_epoch": self.arch_start_epoch,
+                "search_epochs": epochs - self.arch_start_epoch, "arch_steps_planned": planned,
+                "arch_reference_steps": reference, "lr_scale": {"arch": reference / planned}}
+
     def step_plan(self, epoch: int, step: int) -> list[list[str]]:
-        if epoch < int(self.hparams.get("arch_start_epoch", 10)):
+        if not hasattr(self, "arch_start_epoch"):
+            raise RuntimeError("NAS-LoRA's schedule() must resolve the architecture start before step_plan()")
+        if epoch < self.arch_start_epoch:
             return [["weights"]]
         if self.hparams.get("simultaneous", False):
             return [["weights", "arch"]]
         plan = [["arch"]] * int(self.hparams.get("arch_steps", 1)) if step % int(self.hparams.get("weight_steps", 1)) == 0 else []
         return plan + [["weights"]]
 
-    def milestones(self) -> dict[str, int]:
-        return {"architecture updates start": int(self.hparams.get("arch_start_epoch", 10))}
+    def selectable(self, epoch: int) -> bool:
+        return epoch >= self.arch_start_epoch
 
-    def statistics(self, model: nn.Module) -> dict:
-        """The learned operation distribution (Fig. C2): softmax(alpha) averaged over all cells, and per cell."""
+    def milestones(self) -> dict[str, int]:
+        return {"architecture updates start": self.arch_start_epoch}
+
+    def statistics(self, model: nn.Module, steps: dict[str, int]) -> dict:
+        """The learned operation distribution (Fig. C2): softmax(alpha) averaged over all cells, and per cell; how
+        far it left uniform (max |p - 1/K| of the mean, mean entropy of the cells in nats against ln K) and whether
+        the search engaged (`steps`: optimizer steps taken per group)."""
         cells = [m for m in model.modules() if isinstance(m, NASCell)]
         weights = torch.stack([c.weights().detach().float().cpu() for c in cells])
-        return {"operations": list(cells[0].operations), "distribution": weights.mean(0).tolist(),
-                "per_cell": weights.tolist()}
+        mean = weights.mean(0)
+        deviation = (mean - 1 / len(mean)).abs().max().item()
+        taken = steps.get("arch", 0)
+        return {"operations": list(cells[0].operations), "distribution": mean.tolist(), "per_cell": weights.tolist(),
+                "architecture_steps": taken, "max_abs_deviation": deviation,
+                "entropy": float(-(weights * weights.clamp_min(1e-12).log()).sum(1).mean()),
+                "entropy_uniform": math.log(len(mean)),
+                "search_engaged": taken > 0 and deviation >= SEARCH_MOVED}
 
     def merge(self, model: nn.Module) -> nn.Module:
         return merge_wrappers(model, LoRALinear)  # folds each cell's per_token_linear(), drops its spatial part
