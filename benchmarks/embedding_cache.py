@@ -33,7 +33,8 @@ def encoder_epoch_s(config: dict, card, spec) -> float:
     device = resolve_device(config["device"])
     model, _ = build_model(config, card, spec)
     encoder = model.image_encoder.to(device).eval()
-    batches = [x.to(device) for x, _ in build_splits(card, model.img_size)["train"].loader(config["micro_batch_size"])]
+    train = build_splits(card, model.img_size)["train"]
+    batches = [x.to(device) for x, _ in train.loader(config["micro_batch_size"], generator=torch.Generator().manual_seed(0))]
     runs = []
     with torch.no_grad():
         for _ in range(4):  # the first is a warm-up
