@@ -4,6 +4,8 @@ the synthetic domains), answered from the run records in one table, `tables/mini
 1. Does the pretrained encoder help? decoder_only (pretrained, frozen) against decoder_only_random (the same
    architecture at its random initialisation, frozen).
 2. Do LoRA-family adapters help beyond the decoder? every LoRA-family method present against decoder_only.
+And for the paper's method: does a searching method (NAS-PC-LoRA) beat LoRA, and did its search engage (max |p - 1/K|
+of the learned operation distribution, per seed; see methods/nas_lora.py)?
 
 Per dataset and test set the card's selection metric is compared (lower is better for BER and MAE); a cell is
 mean ± std over seeds, and a comparison reads "yes" / "no" with the mean difference and the one-sided paired
@@ -43,6 +45,16 @@ def _cell(by_seed: dict[int, float]) -> str:
     return f"{np.mean(values):.2f}{std}"
 
 
+def _search_cells(records: list[dict], method: str) -> dict[str, str]:
+    """dataset -> how far `method`'s learned operation distribution left uniform, per seed, and how many engaged."""
+    by_dataset: dict[str, list[dict]] = {}
+    for r in sorted(records, key=lambda r: r["seed"]):
+        if r["method"] == method and "max_abs_deviation" in (r.get("statistics") or {}):
+            by_dataset.setdefault(r["dataset"], []).append(r["statistics"])
+    return {d: ", ".join(f"{s['max_abs_deviation']:.3f}" for s in stats)
+            + f" ({sum(s['search_engaged'] for s in stats)}/{len(stats)} engaged)" for d, stats in by_dataset.items()}
+
+
 def miniature_table(records: list[dict], df: pd.DataFrame) -> pd.DataFrame | None:
     """One row per dataset / test set, or None when decoder_only and decoder_only_random are not both present."""
     methods = set(df["method"])
@@ -52,6 +64,7 @@ def miniature_table(records: list[dict], df: pd.DataFrame) -> pd.DataFrame | Non
     lora = [m for m in dict.fromkeys(df["method"]) if m in registry and registry[m].family in LORA_FAMILIES
             and not registry[m].ablation]
     select = {r["dataset"]: r["selection"]["metric"] for r in records}
+    search = {m: _search_cells(records, m) for m in lora}
     rows = []
     for label in dict.fromkeys(df["dataset"]):
         metric = select.get(label.split("/")[0])
@@ -64,6 +77,9 @@ def miniature_table(records: list[dict], df: pd.DataFrame) -> pd.DataFrame | Non
                "pretrained > random": _verdict(seeds.get(PRETRAINED, {}), seeds.get(RANDOM, {}), higher)}
         wins = [m for m in lora if _verdict(seeds.get(m, {}), seeds.get(PRETRAINED, {}), higher).startswith("yes")]
         row["LoRA-family > decoder-only"] = f"{len(wins)}/{sum(m in seeds for m in lora)}"
+        for m in (m for m in lora if registry[m].family == "nas_lora" and "lora" in seeds):
+            row[f"{m} > lora"] = _verdict(seeds.get(m, {}), seeds["lora"], higher)
+            row[f"{m} search: max |p - 1/K|"] = search[m].get(label.split("/")[0], "")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -74,7 +90,10 @@ def write_miniature(records: list[dict], df: pd.DataFrame, folder: Path) -> list
         return []
     note = ("Selection metric of each card on its test sets, mean ± std over seeds. \"pretrained > random\": "
             "decoder_only on the pretrained tiny SAM against decoder_only_random (mean difference, one-sided paired "
-            "t-test over seeds). \"LoRA-family > decoder-only\": LoRA-family methods whose mean beats decoder_only.")
+            "t-test over seeds). \"LoRA-family > decoder-only\": LoRA-family methods whose mean beats decoder_only. "
+            "\"<method> > lora\": a searching method against LoRA, likewise. \"search\": max |p - 1/K| of its "
+            "operation distribution per seed (uniform: 0); a search engaged when it took architecture steps and "
+            "moved it at least 0.01.")
     md, csv = folder / "miniature.md", folder / "miniature.csv"
     md.write_text(table.to_markdown(index=False, disable_numparse=True) + "\n\n" + note + "\n")
     table.to_csv(csv, index=False)

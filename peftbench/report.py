@@ -11,8 +11,11 @@ dataset gets the generic layout. Each table is written as markdown, LaTeX (bookt
   order and initialisation) and a paired bootstrap over test images (10,000 resamples of the per-image values
   averaged over common seeds; per-image metrics only). The best cell gets "§" (t-test) and/or "†" (bootstrap)
   when p < 0.05, one-sided.
+- A cell of a searching method (NAS-LoRA) whose architecture search did not engage in some seed is marked "‡"
+  (k of n seeds), with a footnote: it is not a NAS result.
 - `--reference` adds the paper's published numbers (peftbench/reference/paper_results.csv, transcribed from its
-  Tables 1-3 and 5) as "paper: <method>" rows beside ours, where a column matches.
+  Tables 1-3, 5, 6-9 and D1) as "paper: <method>" rows beside ours, where a column matches: a main table shows
+  the rows of Tables 1-3 and 5, an ablation table those of its own paper table.
 """
 
 from __future__ import annotations
@@ -29,14 +32,15 @@ from scipy import stats as scipy_stats
 from .figures import write_figures
 from .methods import method_specs
 from .metrics import METRICS
-from .records import load_records, set_label
+from .records import SEARCH_MARK, SEARCH_NOTE, load_records, set_label, unsearched
 
 REFERENCE_FILE = Path(__file__).parent / "reference" / "paper_results.csv"
 LOWER_IS_BETTER = {name for name, m in METRICS.items() if not m.higher_is_better} | {
-    "mae", "mber", "train_min_per_epoch", "peak_memory_mib"}
+    "mae", "mber", "train_min_per_epoch", "train_min_per_epoch_search", "peak_memory_mib"}
 NON_PEFT = {"full_ft", "domain_specific", "sam_scratch", "translab", "trans2seg"}
 TABLE1_DATASETS = ["polyp/kvasir", "polyp/cvc", "isic2017", "cod/camo", "sbu", "leaf", "road"]
 TIMING = {"train_iter_per_s": "Train iter/s", "train_min_per_epoch": "Train min/epoch",
+          "arch_iter_per_s": "Search: architecture iter/s", "train_min_per_epoch_search": "Search: min/epoch",
           "infer_img_per_s": "Inference img/s", "peak_memory_mib": "Peak memory (MiB)"}
 
 
@@ -131,7 +135,8 @@ def _number(value: float, metric: str) -> str:
     return f"{value:.3g}" if metric in TIMING else f"{value:.2f}"
 
 
-def _cell(s: pd.Series | None, latex: bool) -> str:
+def _cell(s: pd.Series | None, latex: bool, unsearched: tuple[int, int] | None = None) -> str:
+    """mean ± std with best/second and significance marks; `unsearched`: (k, n) seeds whose search did not engage."""
     if s is None:
         return "–"
     std = "" if pd.isna(s["std"]) else (r" $\pm$ " if latex else " ± ") + _number(s["std"], s["metric"])
@@ -146,6 +151,9 @@ def _cell(s: pd.Series | None, latex: bool) -> str:
         text += "$^{" + marks.replace("§", r"\S").replace("†", r"\dagger") + "}$" if latex else " " + marks
     if s["n"] < s["n_asked"]:
         text += f" (n={s['n']})"
+    if unsearched:
+        mark = f"{SEARCH_MARK} {unsearched[0]}/{unsearched[1]}"
+        text += rf" $^{{\ddagger\,{unsearched[0]}/{unsearched[1]}}}$" if latex else f" {mark}"
     return text
 
 
@@ -153,9 +161,19 @@ def _latex_escape(text: str) -> str:
     return "".join("\\" + c if c in "&%$#_{}" else c for c in text)
 
 
-def render(table: Table, stats: pd.DataFrame, reference: pd.DataFrame | None, params: dict[str, str]) -> dict:
-    """{"md": ..., "tex": ...} for `table`."""
+MAIN_REFERENCE_TABLES = ("Table 1", "Table 2", "Table 3", "Table 5")
+
+
+def render(table: Table, stats: pd.DataFrame, reference: pd.DataFrame | None, params: dict[str, str],
+           not_engaged: dict[tuple[str, str], tuple[int, int]] | None = None) -> dict:
+    """{"md": ..., "tex": ...} for `table`; `not_engaged`: (method, dataset) -> (k, n) seeds whose architecture
+    search did not engage (see records.unsearched)."""
     lookup = {(r["method"], r["dataset"], r["metric"]): r for _, r in stats.iterrows()}
+    not_engaged = {key: value for key, value in (not_engaged or {}).items()
+                   if key[0] in table.methods and any(d.split("/")[0] == key[1] for d, _ in table.columns)}
+    if reference is not None:  # the paper's rows of the table this one reproduces
+        own = [t for t in dict.fromkeys(reference["table"]) if table.name == f"ablation_{t.lower().replace(' ', '')}"]
+        reference = reference[reference["table"].isin(own or MAIN_REFERENCE_TABLES)]
     groups = [("Non-PEFT methods", [m for m in table.methods if m in NON_PEFT]),
               ("PEFT methods", [m for m in table.methods if m not in NON_PEFT])]
     ref_rows = []
@@ -181,10 +199,10 @@ def render(table: Table, stats: pd.DataFrame, reference: pd.DataFrame | None, pa
         md.append(f"| *{title}* |" + " |" * (ncol - 1))
         tex += [r"\midrule", rf"\multicolumn{{{ncol}}}{{l}}{{\textit{{{title}}}}} \\"]
         for method in methods:
-            cells = [lookup.get((method, d, m)) for d, m in table.columns]
-            md.append("| " + " | ".join([method, params.get(method, ""), *[_cell(c, False) for c in cells]]) + " |")
+            cells = [(lookup.get((method, d, m)), not_engaged.get((method, d.split("/")[0]))) for d, m in table.columns]
+            md.append("| " + " | ".join([method, params.get(method, ""), *[_cell(c, False, u) for c, u in cells]]) + " |")
             tex.append(" & ".join([_latex_escape(method), _latex_escape(params.get(method, "")),
-                                   *[_cell(c, True) for c in cells]]) + r" \\")
+                                   *[_cell(c, True, u) for c, u in cells]]) + r" \\")
     if ref_rows:
         md.append("| *Published (paper)* |" + " |" * (ncol - 1))
         tex += [r"\midrule", rf"\multicolumn{{{ncol}}}{{l}}{{\textit{{Published (paper)}}}} \\"]
@@ -195,10 +213,12 @@ def render(table: Table, stats: pd.DataFrame, reference: pd.DataFrame | None, pa
                 "(BER, MAE, mBER, min/epoch, memory: lower is better). § best beats second by a one-sided paired t-test "
                 "over seeds, "
                 "† by a paired bootstrap over test images (10,000 resamples), p < 0.05. (n=k): only k seeds finished.")
+    if not_engaged:
+        footnote += " " + SEARCH_NOTE
     md += ["", footnote, *table.notes]
     tex += [r"\bottomrule", r"\end{tabular}",
             r"\par\footnotesize " + _latex_escape(footnote.replace("italic", "underlined")).replace("±", r"$\pm$")
-            .replace("†", r"$\dagger$").replace("§", r"\S{}"),
+            .replace("†", r"$\dagger$").replace("§", r"\S{}").replace(SEARCH_MARK, r"$\ddagger$"),
             *[r"\par\footnotesize " + _latex_escape(note) for note in table.notes],
             r"\end{table}"]
     return {"md": "\n".join(md) + "\n", "tex": "\n".join(tex) + "\n"}
@@ -347,7 +367,7 @@ def build_report(out: Path, reference: bool = False) -> list[Path]:
     df, images = long_frame(records), per_image(records)
     seeds_asked = len({r["seed"] for r in records})
     ref = pd.read_csv(REFERENCE_FILE, dtype=str) if reference else None
-    params = _params(records)
+    params, not_engaged = _params(records), unsearched(records)
     folder = Path(out) / "tables"
     folder.mkdir(parents=True, exist_ok=True)
     written, rendered = [], []
@@ -355,7 +375,7 @@ def build_report(out: Path, reference: bool = False) -> list[Path]:
     for table in plan_tables(records, df):
         table.notes += table_notes(table, definitions)
         stats = column_stats(df, images, table, seeds_asked)
-        text = render(table, stats, ref, params)
+        text = render(table, stats, ref, params, not_engaged)
         rendered.append((table, text))
         for ext in ("md", "tex"):
             (folder / f"{table.name}.{ext}").write_text(text[ext])

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from .records import load_records, set_label
+from .records import SEARCH_MARK, SEARCH_NOTE, load_records, set_label, unsearched
 
 TIMING_COLUMNS = {
     "train_iter_per_s": "Train iter/s",
     "train_images_per_s": "Train img/s",
     "train_min_per_epoch": "Train min/epoch",
+    "arch_iter_per_s": "Search: architecture iter/s",  # NAS-LoRA: architecture passes, timed apart (Table 5)
+    "train_min_per_epoch_search": "Search: min/epoch",
     "infer_img_per_s": "Inference img/s",
     "peak_memory_mib": "Peak memory (MiB)",
 }
@@ -59,6 +61,13 @@ def metrics_table(records: list[dict], decimals: int = 2) -> tuple[pd.DataFrame,
     """(paper-style table: methods x (dataset, metric) cells 'mean ± std', long stats for CSV)."""
     df = metrics_frame(records)
     stats, text = _mean_std(df, ["method", "dataset", "metric"], decimals)
+    not_engaged = unsearched(records)
+
+    def marked(cell: str, method: str, label: str) -> str:  # a NAS run whose search did not engage
+        seeds = not_engaged.get((method, label.split("/")[0]))
+        return f"{cell} {SEARCH_MARK} {seeds[0]}/{seeds[1]}" if seeds else cell
+
+    text = [marked(*row) for row in zip(text, stats["method"], stats["dataset"])]
     table = stats.assign(cell=text).pivot(index="method", columns=["dataset", "metric"], values="cell")
     table = table.reindex(index=list(dict.fromkeys(stats["method"])))
     table.insert(0, ("", "Params(M)/Ratio(%)"), _params_column(records))
@@ -85,7 +94,8 @@ def _write(table: pd.DataFrame, stats: pd.DataFrame, stem: Path, caption: str) -
     flat.columns = [" ".join(str(part) for part in col if part).strip() if isinstance(col, tuple) else col
                     for col in flat.columns]
     md.write_text(f"{caption}\n\n{flat.to_markdown(index=False)}\n")
-    tex.write_text(table.to_latex(caption=caption.replace("±", r"$\pm$"), escape=True).replace("±", r"$\pm$"))
+    tex.write_text(table.to_latex(caption=caption.replace("±", r"$\pm$"), escape=True).replace("±", r"$\pm$")
+                   .replace(SEARCH_MARK, r"$\ddagger$"))
     stats.to_csv(csv, index=False)
     return [md, tex, csv]
 
@@ -98,6 +108,8 @@ def write_tables(out: Path) -> list[Path]:
     seeds = sorted({r["seed"] for r in records})
     tables = Path(out) / "tables"
     metric_caption = f"Test metrics (%), mean ± std over seeds {seeds} (std with ddof=1); ber: lower is better."
+    if unsearched(records):
+        metric_caption += " " + SEARCH_NOTE
     timing_caption = ("Throughput and peak memory, mean ± std over seeds (absolute values only comparable on one device). "
                       "Inference model: 'merged' = adapter folded into the frozen weights (plain SAM at inference), "
                       "'unmerged' = the adapter runs at inference.")

@@ -1,6 +1,7 @@
 """`peftbench report` on constructed records: ranks, ties, lower-is-better, missing seeds, significance, LaTeX
 structure, the paper's reference rows and the self-contained HTML page."""
 
+import json
 from html.parser import HTMLParser
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from peftbench.cli import main
 from peftbench.records import record_path, write_json_atomic
 from peftbench.report import build_report, paired_bootstrap_p, paired_t_p
+from peftbench.tables import write_tables
 
 IMAGES = 20
 
@@ -146,3 +148,40 @@ def test_miniature_table_answers_both_questions_from_the_records(tmp_path):
     assert row["LoRA-family > decoder-only"] == "1/2"
     lora_only = [r for r in records if r["method"] == "lora"]
     assert miniature_table(lora_only, long_frame(lora_only)) is None  # nothing to compare
+
+
+def test_a_nas_cell_whose_search_did_not_engage_is_marked_everywhere(results):
+    rng = np.random.default_rng(1)
+    for seed in range(3):
+        write_record(results, "nas_pc_lora", "leaf", seed, 65.0 + seed, 4.0, rng)
+        path = record_path(results, "leaf", "nas_pc_lora", seed)
+        record = json.loads(path.read_text())
+        engaged = seed != 1  # one seed took its steps but stayed uniform
+        record["statistics"] = {"architecture_steps": 128, "max_abs_deviation": 0.03 if engaged else 0.0002,
+                                "search_engaged": engaged}
+        write_json_atomic(path, record)
+    assert main(["report", "--out", str(results), "--reference"]) == 0
+    tables = results / "tables"
+    md = (tables / "table1_binary.md").read_text()
+    nas = next(line for line in md.splitlines() if line.startswith("| nas_pc_lora"))
+    lora = next(line for line in md.splitlines() if line.startswith("| lora"))
+    assert nas.count("‡ 1/3") == 2 and "‡" not in lora and "did not engage" in md
+    assert r"$^{\ddagger\,1/3}$" in (tables / "table1_binary.tex").read_text()
+    write_tables(results)
+    metrics = (tables / "metrics.md").read_text()
+    assert "‡ 1/3" in metrics and "did not engage" in metrics and r"$\ddagger$" in (tables / "metrics.tex").read_text()
+    assert "‡ 1/3" in (results / "report.html").read_text()
+    assert "paper: nas_pc_lora_no_conv" not in md  # ablation tables' paper rows stay in the ablation tables
+
+
+def test_timing_table_reports_weight_and_architecture_passes_apart(results):
+    path = record_path(results, "leaf", "lora", 0)
+    record = json.loads(path.read_text())
+    record["method"] = "nas_pc_lora"
+    record["timing"].update(arch_iter_per_s=7.0, train_min_per_epoch_search=2.5)
+    write_json_atomic(record_path(results, "leaf", "nas_pc_lora", 0), record)
+    build_report(results)
+    md = (results / "tables" / "table5_timing.md").read_text()
+    assert "train_min_per_epoch_search" in md and "arch_iter_per_s" in md
+    nas = next(line for line in md.splitlines() if line.startswith("| nas_pc_lora"))
+    assert "2.5" in nas and "7" in nas
