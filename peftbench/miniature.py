@@ -79,7 +79,7 @@ def miniature_table(records: list[dict], df: pd.DataFrame) -> pd.DataFrame | Non
         row["LoRA-family > decoder-only"] = f"{len(wins)}/{sum(m in seeds for m in lora)}"
         for m in (m for m in lora if registry[m].family == "nas_lora" and "lora" in seeds):
             row[f"{m} > lora"] = _verdict(seeds.get(m, {}), seeds["lora"], higher)
-            row[f"{m} search: max |p - 1/K|"] = search[m].get(label.split("/")[0], "")
+            row[f"{m} search: max abs(p - 1/K)"] = search[m].get(label.split("/")[0], "")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -91,7 +91,7 @@ def write_miniature(records: list[dict], df: pd.DataFrame, folder: Path) -> list
     note = ("Selection metric of each card on its test sets, mean ± std over seeds. \"pretrained > random\": "
             "decoder_only on the pretrained tiny SAM against decoder_only_random (mean difference, one-sided paired "
             "t-test over seeds). \"LoRA-family > decoder-only\": LoRA-family methods whose mean beats decoder_only. "
-            "\"<method> > lora\": a searching method against LoRA, likewise. \"search\": max |p - 1/K| of its "
+            "\"<method> > lora\": a searching method against LoRA, likewise. \"search\": max abs(p - 1/K) of its "
             "operation distribution per seed (uniform: 0); a search engaged when it took architecture steps and "
             "moved it at least 0.01.")
     md, csv = folder / "miniature.md", folder / "miniature.csv"

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -47,25 +48,38 @@ def claim(path: Path, owner: str | None = None) -> bool:
     """Take the run's lock; False if a live process (here or on another host) holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "owner": owner}
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                holder = json.loads(path.read_text())
-                age = time.time() - path.stat().st_mtime
-            except (OSError, ValueError):  # a lock being written right now, or removed meanwhile
-                return False
-            same_host = holder.get("host") == me["host"]
-            alive = _alive(int(holder.get("pid", -1))) if same_host else age < STALE_AFTER_S
-            if alive and not (owner is not None and holder.get("owner") == owner):
-                return False
-            path.unlink(missing_ok=True)  # stale: its owner is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
+    if _create(path, me):
         return True
-    return False
+    # Taking over a stale lock: unlink it and create ours. Two processes judging the same lock stale could both
+    # do that (the second unlinking the first's fresh lock), so a takeover happens only under an exclusive
+    # fcntl lock on a sibling file, released by the kernel if its holder dies, and re-reads the lock inside it.
+    # fcntl locks hold across hosts on NFSv3 (lockd) and v4; a file system without them makes flock fail loudly.
+    with open(path.with_name(path.name + ".takeover"), "a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        try:
+            holder = json.loads(path.read_text())
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:  # released meanwhile
+            return _create(path, me)
+        except (OSError, ValueError):  # a lock being written right now
+            return False
+        same_host = holder.get("host") == me["host"]
+        alive = _alive(int(holder.get("pid", -1))) if same_host else age < STALE_AFTER_S
+        if alive and not (owner is not None and holder.get("owner") == owner):
+            return False
+        path.unlink(missing_ok=True)  # stale: its owner is gone (or it is this work's earlier incarnation)
+        return _create(path, me)
+
+
+def _create(path: Path, me: dict) -> bool:
+    """Create the lock file holding `me` if there is none (O_EXCL: atomic, also on NFSv3+)."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        json.dump(me, f)
+    return True
 
 
 def release(path: Path) -> None:

@@ -97,8 +97,8 @@ def _optimizer(params: list[torch.nn.Parameter], own: dict, config: dict, lr_sca
     (`[train.group_optim.<group>]`: optimizer, lr, weight_decay, betas); the learning rate times `lr_scale` (the
     method's schedule, e.g. NAS-LoRA's search budget)."""
     wd = own.get("weight_decay", config["weight_decay"])
-    kwargs = {"lr": own.get("lr", config["lr"]) * lr_scale, "betas": tuple(own.get("betas", (0.9, 0.999))), "eps": 1e-6,
-              **OPTIMIZER_KERNELS[config["optimizer_kernel"]]}
+    kwargs = {"lr": own.get("lr", config["lr"]) * lr_scale, "betas": tuple(own.get("betas", (0.9, 0.999))),
+              "eps": 1e-6, **OPTIMIZER_KERNELS[config["optimizer_kernel"]]}
     if own.get("optimizer", "adamw") == "adam":  # L2 weight decay on every parameter, as PC-DARTS' architect
         return torch.optim.Adam(params, weight_decay=wd, **kwargs)
     return torch.optim.AdamW([{"params": [p for p in params if p.ndim > 1], "weight_decay": wd},
@@ -378,14 +378,12 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
         score = val_metrics[card.select_metric]
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val": val_metrics,
                         "train_s": epoch_time, "train_passes": epoch_passes, "arch_steps": epoch_arch_steps})
-        better = best_score is None or (score > best_score if select.higher_is_better else score < best_score)
-        if not method.selectable(epoch):  # e.g. NAS-LoRA before its search: not yet the method it is named after
-            pass
-        elif better:
-            best_score, best_epoch, stale = score, epoch, 0
-            best_state = trainable_state(model)
-        else:
-            stale += 1
+        if method.selectable(epoch):  # not NAS-LoRA before its search: that is not yet the method it is named after
+            if best_score is None or (score > best_score if select.higher_is_better else score < best_score):
+                best_score, best_epoch, stale = score, epoch, 0
+                best_state = trainable_state(model)
+            else:
+                stale += 1
         if checkpoint and time.monotonic() - last_save >= checkpoint_interval_s:
             last_save = time.monotonic()
             save_checkpoint(checkpoint, {

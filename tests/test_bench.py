@@ -17,6 +17,7 @@ def test_bench_times_training_search_and_both_inference_models(tmp_path):
     assert rows.loc["lora", "train_vs_lora"] == 1.0 and rows.loc["decoder_only", "infer_vs_base"] == 1.0
     assert (rows["train_ms"] > 0).all() and (rows["infer_unmerged_ms"] > 0).all()
     assert rows.loc["nas_pc_lora", "search_ms"] > 0 and rows["search_ms"].isna().sum() == 3
+    assert rows.loc["nas_pc_lora", "arch_ms"] > 0 and rows["arch_ms"].isna().sum() == 3  # timed apart (Table 5)
     assert rows.loc["vpt", "infer_merged_ms"] != rows.loc["vpt", "infer_merged_ms"]  # NaN: VPT cannot merge
     assert rows.loc["lora", "infer_ms"] == rows.loc["lora", "infer_merged_ms"]  # exact merges deploy merged
     assert rows.loc["nas_pc_lora", "infer_ms"] == rows.loc["nas_pc_lora", "infer_unmerged_ms"]

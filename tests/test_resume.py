@@ -80,3 +80,29 @@ def test_a_dead_but_unreaped_process_holds_no_lock(tmp_path):
     lock.write_text(json.dumps({"host": os.uname().nodename, "pid": zombie.pid, "started": 0}))
     assert claim(lock) and json.loads(lock.read_text())["pid"] == os.getpid()
     zombie.wait()
+
+
+def _race(lock: Path, barrier, wins) -> None:
+    barrier.wait()
+    wins.put(claim(lock))
+
+
+def test_many_processes_racing_for_one_stale_lock_leave_exactly_one_winner(tmp_path):
+    """A takeover is atomic: of 12 processes that all find the same dead holder's lock, exactly one gets it."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs (reaped)
+    for trial in range(25):
+        lock = tmp_path / f"run{trial}.lock"
+        lock.write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": dead.pid, "owner": None}))
+        barrier, wins = context.Barrier(12), context.Queue()
+        racers = [context.Process(target=_race, args=(lock, barrier, wins)) for _ in range(12)]
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join(30)
+        results = [wins.get(timeout=5) for _ in racers]
+        assert results.count(True) == 1, (trial, results)
+        assert json.loads(lock.read_text())["pid"] != dead.pid
