@@ -85,6 +85,7 @@ def test_a_dead_but_unreaped_process_holds_no_lock(tmp_path):
 def _race(lock: Path, barrier, wins) -> None:
     barrier.wait()
     wins.put(claim(lock))
+    barrier.wait()  # the winner stays alive (a live holder) until every racer has tried
 
 
 def test_many_processes_racing_for_one_stale_lock_leave_exactly_one_winner(tmp_path):
