@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import shlex
 import sys
 import time
@@ -90,10 +91,19 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-interval", default="30",
                    help="seconds between mid-run checkpoints, written after an epoch (default 30; 0: every epoch)")
     p.add_argument("--data-root", default=None, help="folder holding the datasets (default: datasets/)")
+    p.add_argument("--classes", default=None,
+                   help="a folder or CSV dataset is multi-class with K classes (masks hold class ids 0..K-1, 255 = "
+                        "ignore); default: binary (masks 0/255 or 0/1)")
+    p.add_argument("--binarize", action="store_true",
+                   help="a binary folder or CSV dataset's masks may hold other values (JPEG, anti-aliasing): "
+                        "thresholded at 128")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out unreadable images, size mismatches and masks with unexpected values (listed, "
                         "and counted in every record) instead of stopping")
     p.add_argument("--out", default="results", help="output folder (default results)")
+    p.add_argument("--replace", action="store_true",
+                   help="retrain runs whose finished record in --out was made with another config; the old records "
+                        "are moved to <out>/replaced/<time>/, never deleted (without it such a grid stops)")
     p.add_argument("--executor", default="local", choices=["local", "ray", "slurm"],
                    help="where runs execute, each in its own process: local (default), Ray tasks or a Slurm array job")
     p.add_argument("--gpus", default=None, help="local: one worker per listed GPU, e.g. 0,1,2,3")
@@ -181,7 +191,8 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         names = [n.strip() for n in args.datasets.split(",") if n.strip()]
         if not names:
             raise UserError("--datasets is empty; give registered names, folders or CSV files")
-        cards = [resolve_dataset(n, data_root) for n in names]
+        classes = _positive_int("--classes", args.classes) if args.classes is not None else None
+        cards = [resolve_dataset(n, data_root, classes, args.binarize) for n in names]
     for card in cards:  # bad files stop the grid here, before anything trains, unless --skip-bad
         screen_card(card, args.skip_bad, console)
     dataset_args = {card.name: arg for card, arg in zip(cards, names)}
@@ -190,7 +201,7 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         checkpoint_interval_s=_nonnegative_float("--checkpoint-interval", args.checkpoint_interval),
         inference=args.inference, eval_resolution=args.eval_resolution, precision=args.precision,
         attention=args.attention, checkpointing=args.checkpointing, cache_embeddings=not args.no_embedding_cache,
-        optimizer_kernel=args.optimizer_kernel,
+        optimizer_kernel=args.optimizer_kernel, replace=args.replace,
         epochs=_positive_int("--epochs", args.epochs) if args.epochs is not None else None,
         batch_size=_positive_int("--batch-size", args.batch_size),
         micro_batch_size=_positive_int("--micro-batch-size", args.micro_batch_size) if args.micro_batch_size else None,
@@ -277,9 +288,12 @@ def _cmd_params(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_tables(args: argparse.Namespace, console: Console) -> int:
+    from .records import unusable_records
     from .report import build_report
     from .tables import write_tables
 
+    for path, why in unusable_records(Path(args.out)).items():  # named, never silently left out
+        print(f"peftbench: warning: {path}: {why}; left out of the tables (its seed shows as missing)", file=sys.stderr)
     written = write_tables(Path(args.out)) + build_report(Path(args.out), reference=args.reference)
     if not written:
         raise UserError(f"--out {args.out}: no run records under {Path(args.out) / 'runs'}; run `peftbench run` first")
@@ -387,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
 COMMANDS = {"run": _cmd_run, "prepare": _cmd_prepare, "methods": _cmd_methods, "datasets": _cmd_datasets,
             "params": _cmd_params, "tables": _cmd_tables, "report": _cmd_tables, "bench": _cmd_bench,
             "pretrain-tiny": _cmd_pretrain_tiny}
@@ -400,6 +416,14 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args, console)
     except UserError as err:
         print(f"peftbench: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in WRITE_ERRORS:
+            raise
+        # A full disk, a quota, a read-only or forbidden folder: every output is written atomically, so what was
+        # already written stays whole and a rerun continues from it.
+        print(f"peftbench: error: cannot write {err.filename or 'the results'}: {err.strerror}; finished runs are "
+              "kept, free space or fix permissions and rerun", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("peftbench: interrupted; finished runs are kept and will be skipped next time", file=sys.stderr)

@@ -43,7 +43,7 @@ import torch
 from .data import DatasetCard
 from .errors import UserError
 from .methods import MethodSpec
-from .records import config_hash, is_complete, record_path, write_json_atomic
+from .records import config_hash, is_complete, read_record, record_path, write_json_atomic, write_text_atomic
 from .resume import claim, release
 from .train import resolve_device, train_run
 
@@ -92,6 +92,9 @@ def run_one(task: RunTask, on_step: ProgressCallback | None = None, owner: str |
         step = None if on_step is None else lambda epoch, i, steps, loss, groups: on_step(epoch, i, steps, loss)
         result = train_run(task.config, task.card, task.method, step, checkpoint=checkpoint, lock=lock,
                            checkpoint_interval_s=task.checkpoint_interval_s)
+        if read_record(record):  # another config's record appeared meanwhile (another driver): never replace it
+            raise RuntimeError(f"{record}: a record of another config was written while this run trained; "
+                               "this run's result is not recorded")
         write_json_atomic(record, {
             "method": task.method.name, "dataset": task.card.name, "seed": task.seed, **result,
             "config": task.config, "config_hash": config_hash(task.config), "environment": task.environment,
@@ -118,7 +121,7 @@ def record_failure(task: RunTask, error: str, log: Path | None = None, log_text:
     elif log is not None and log.is_file():  # a log the executor keeps elsewhere (submitit's): point at it
         failed_log = log
     else:  # no log was written (the process died starting up): the error is all there is
-        failed_log.write_text(log_text or error + "\n")
+        write_text_atomic(failed_log, log_text or error + "\n")
     signal_name = signal.Signals(-exit_code).name if exit_code is not None and exit_code < 0 else None
     result = status(task, "failed", error=error, exit_code=exit_code, signal=signal_name,
                     log=str(failed_log) if failed_log else None, host=socket.gethostname(), time=time.time())

@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .records import load_records  # noqa: E402
+from .records import atomic_output, load_records  # noqa: E402
 
 
 def curves_frame(records: list[dict]) -> pd.DataFrame:
@@ -34,7 +34,8 @@ def _save(fig, stem: Path) -> list[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
     for path in paths:
-        fig.savefig(path, bbox_inches="tight", dpi=150)
+        with atomic_output(path, "wb") as f:
+            fig.savefig(f, format=path.suffix[1:], bbox_inches="tight", dpi=150)
     plt.close(fig)
     return paths
 
@@ -120,14 +121,16 @@ def write_figures(out: Path) -> list[Path]:
     curves = curves_frame(records)
     operations = operations_frame(records)
     figures.mkdir(parents=True, exist_ok=True)
-    curves.to_csv(figures / "convergence.csv", index=False)
+    with atomic_output(figures / "convergence.csv") as f:
+        curves.to_csv(f, index=False)
     written.append(figures / "convergence.csv")
     for dataset in curves["dataset"].unique():
         written += convergence_figure(records, dataset, figures / f"convergence_{dataset}")
         written += pareto_figure(records, dataset, figures / f"pareto_{dataset}")
     written += throughput_figure(records, figures / "throughput")
     if not operations.empty:
-        operations.to_csv(figures / "operations.csv", index=False)
+        with atomic_output(figures / "operations.csv") as f:
+            operations.to_csv(f, index=False)
         written.append(figures / "operations.csv")
         for dataset in operations["dataset"].unique():
             written += operations_figure(operations, dataset, figures / f"operations_{dataset}")

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .methods import method_specs
+from .records import atomic_output, write_text_atomic
 from .report import LOWER_IS_BETTER, paired_t_p
 
 LORA_FAMILIES = {"lora", "conv_lora", "dora", "vera", "nas_lora"}
@@ -95,6 +96,7 @@ def write_miniature(records: list[dict], df: pd.DataFrame, folder: Path) -> list
             "operation distribution per seed (uniform: 0); a search engaged when it took architecture steps and "
             "moved it at least 0.01.")
     md, csv = folder / "miniature.md", folder / "miniature.csv"
-    md.write_text(table.to_markdown(index=False, disable_numparse=True) + "\n\n" + note + "\n")
-    table.to_csv(csv, index=False)
+    write_text_atomic(md, table.to_markdown(index=False, disable_numparse=True) + "\n\n" + note + "\n")
+    with atomic_output(csv) as f:
+        table.to_csv(f, index=False)
     return [md, csv]

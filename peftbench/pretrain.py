@@ -32,6 +32,7 @@ from segment_anything.modeling import Sam
 
 from .data.corpus import iter_corpus
 from .losses import bce_dice
+from .records import atomic_output, write_text_atomic
 from .sam import load_sam
 from .segmenter import SamSegmenter, normalise
 
@@ -186,9 +187,9 @@ def _pretrain(config: PretrainConfig, console: Console) -> tuple[dict, dict]:
 
 def save_pretrained(state: dict, summary: dict, out: Path) -> Path:
     """Write the state dict to `out` and its summary (with the file's sha256) to `out` with suffix .json."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, out)
+    with atomic_output(out, "wb") as f:
+        torch.save(state, f)
     summary = {**summary, "weights_file": out.name, "sha256": hashlib.sha256(out.read_bytes()).hexdigest()}
     meta = out.with_suffix(".json")
-    meta.write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(meta, json.dumps(summary, indent=2) + "\n")
     return meta

@@ -8,8 +8,11 @@ import os
 import platform
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
+from typing import IO
 
 from .paths import ROOT
 
@@ -20,9 +23,35 @@ def record_path(out: Path, dataset: str, method: str, seed: int) -> Path:
     return Path(out) / "runs" / dataset / method / f"seed{seed}.json"
 
 
+# Settings that change how fast a run goes, not its numbers (beyond float rounding, tested): recorded in the config,
+# left out of its identity, so a record made with another of them is the same result and is kept and reused.
+SPEED_SETTINGS = ("attention", "checkpointing", "cache_embeddings")
+
+
+def identity(config: dict) -> dict:
+    """What determines a run's numbers: the resolved config less its SPEED_SETTINGS."""
+    return {k: v for k, v in config.items() if k not in SPEED_SETTINGS}
+
+
 def config_hash(config: dict) -> str:
-    """Stable hash of the resolved config; a record whose hash differs is stale and is rerun."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """Stable hash of the config's identity; a record with another hash holds another experiment's result."""
+    return hashlib.sha256(json.dumps(identity(config), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """A nested dict as {dotted key: value}."""
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def config_differences(old: dict, new: dict, most: int = 4) -> str:
+    """'key: old -> new' for the identity keys (dotted paths) where two configs differ, the first `most` of them."""
+    a, b = (_flat(json.loads(json.dumps(identity(c), default=str))) for c in (old, new))  # as stored: tuples -> lists
+    keys = [k for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+    text = "; ".join(f"{k}: {a.get(k, '(none)')} -> {b.get(k, '(none)')}" for k in keys[:most])
+    return text + (f"; and {len(keys) - most} more" if len(keys) > most else "")
 
 
 def package_versions() -> dict[str, str | None]:
@@ -50,27 +79,73 @@ def environment() -> dict:
             "git": git_commit()}
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+@contextmanager
+def atomic_output(path: Path, mode: str = "w") -> Iterator[IO]:
+    """A file object to write `path` through: a temporary file in the same folder, fsynced and renamed over `path`
+    when the block ends, so readers see the old file or the new one, never half of one. On any error (a full disk,
+    a read-only folder, an interrupt) the temporary file is removed, `path` is left as it was, and an OSError names
+    `path`. The file gets the permissions any program's would (0666 less the umask; mkstemp's are 0600)."""
+    path = Path(path)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, default=str)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from None
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise OSError(err.errno, err.strerror, str(path)) from None
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: set it straight back
+    os.umask(mask)
+    return mask
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_output(path) as f:
+        f.write(text)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    with atomic_output(path) as f:
+        json.dump(data, f, indent=2, sort_keys=True, default=str)
+
+
 def read_record(path: Path) -> dict | None:
-    """The record at `path`, or None if it is absent or unreadable (a crashed writer never leaves one)."""
+    """The record at `path`, or None if there is none or it is unusable (see record_problem)."""
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
         return None
+    return record if _is_record(record) else None
+
+
+def record_problem(path: Path) -> str | None:
+    """Why the file at `path` is not a usable record (unreadable, not JSON, not a record); None if it is one or
+    there is no file (records are written atomically: a crash never leaves half of one)."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        return f"unreadable ({err.strerror})"
+    except ValueError as err:
+        return f"not valid JSON ({err})"
+    return None if _is_record(record) else "not a run record (no method, dataset, seed or metrics)"
+
+
+def _is_record(data) -> bool:
+    return isinstance(data, dict) and {"method", "dataset", "seed", "metrics"} <= data.keys()
 
 
 def is_complete(path: Path, config: dict) -> bool:
@@ -78,8 +153,31 @@ def is_complete(path: Path, config: dict) -> bool:
     return record is not None and record.get("config_hash") == config_hash(config)
 
 
+def record_paths(out: Path) -> list[Path]:
+    return sorted((Path(out) / "runs").glob("*/*/seed*.json"))
+
+
+def unusable_records(out: Path) -> dict[Path, str]:
+    """Record files under `out`/runs that cannot be used, with the reason (see record_problem)."""
+    return {p: why for p in record_paths(out) if (why := record_problem(p))}
+
+
 def load_records(out: Path) -> list[dict]:
-    return [r for p in sorted((Path(out) / "runs").glob("*/*/seed*.json")) if (r := read_record(p)) is not None]
+    """Every usable record under `out`/runs. Where records of one (dataset, method) were made with different
+    configs (e.g. some retrained with --replace --epochs 1), each is labelled with its differing settings,
+    "lora [epochs=1]", so that no table cell averages two experiments."""
+    records = [r for p in record_paths(out) if (r := read_record(p)) is not None]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["dataset"], r["method"]), []).append(r)
+    for group in groups.values():
+        flats = [{k: v for k, v in _flat(identity(r["config"])).items() if k != "seed"} for r in group]
+        varying = sorted(k for k in set().union(*flats) if len({json.dumps(f.get(k), default=str) for f in flats}) > 1)
+        for r, f in zip(group, flats) if varying else ():
+            shown = [f"{k}={f.get(k)}" for k in varying[:3]] + ([f"config {config_hash(r['config'])[:8]}"]
+                                                                 if varying[3:] else [])
+            r["method"] += " [" + ", ".join(shown) + "]"
+    return records
 
 
 def set_label(dataset: str, test: str) -> str:

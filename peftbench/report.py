@@ -32,7 +32,7 @@ from scipy import stats as scipy_stats
 from .figures import write_figures
 from .methods import method_specs
 from .metrics import METRICS
-from .records import SEARCH_MARK, SEARCH_NOTE, load_records, set_label, unsearched
+from .records import SEARCH_MARK, SEARCH_NOTE, atomic_output, load_records, set_label, unsearched, write_text_atomic
 
 REFERENCE_FILE = Path(__file__).parent / "reference" / "paper_results.csv"
 LOWER_IS_BETTER = {name for name, m in METRICS.items() if not m.higher_is_better} | {
@@ -355,7 +355,7 @@ def write_html(out: Path, tables: list[tuple[Table, dict]], figures: list[Path])
     parts += [_figure_html(p) for p in figures if p.suffix == ".png"]
     parts.append("</body></html>")
     path = Path(out) / "report.html"
-    path.write_text("\n".join(parts))
+    write_text_atomic(path, "\n".join(parts))
     return path
 
 
@@ -378,9 +378,10 @@ def build_report(out: Path, reference: bool = False) -> list[Path]:
         text = render(table, stats, ref, params, not_engaged)
         rendered.append((table, text))
         for ext in ("md", "tex"):
-            (folder / f"{table.name}.{ext}").write_text(text[ext])
+            write_text_atomic(folder / f"{table.name}.{ext}", text[ext])
             written.append(folder / f"{table.name}.{ext}")
-        stats.to_csv(folder / f"{table.name}.csv", index=False)
+        with atomic_output(folder / f"{table.name}.csv") as f:
+            stats.to_csv(f, index=False)
         written.append(folder / f"{table.name}.csv")
     from .miniature import write_miniature  # deferred: it builds on this module
 

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .records import atomic_output
+
 STALE_AFTER_S = 6 * 3600
 
 
@@ -102,10 +104,8 @@ def set_rng_state(state: dict, loader_generator: torch.Generator) -> None:
 
 
 def save_checkpoint(path: Path, state: dict, lock: Path | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_output(path, "wb") as f:
+        torch.save(state, f)
     if lock is not None and lock.exists():
         os.utime(lock)  # heartbeat for other hosts
 

@@ -4,6 +4,7 @@ then summarise and render the tables."""
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -19,7 +20,7 @@ from .data.prepare import file_digest
 from .errors import UserError
 from .executors import Executor, LocalExecutor, RunTask
 from .methods import MethodSpec
-from .records import environment, is_complete, record_path
+from .records import config_differences, config_hash, environment, is_complete, read_record, record_path, record_problem
 from .report import build_report
 from .sam import spec_dict
 from .tables import write_tables
@@ -50,6 +51,7 @@ class GridOptions:
     inference: str = "auto"  # auto: merge exact merges; merged: also approximate ones; unmerged: never
     eval_resolution: str = "original"  # test metrics at the label's original size, or "input" (the model's)
     out: Path = Path("results")
+    replace: bool = False  # retrain runs whose finished record has another config (the old one is moved aside)
     checkpoint_interval_s: float = 30.0  # mid-run checkpoints: after an epoch, at most this often
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
 
@@ -125,6 +127,31 @@ class _GridProgress:
         self.results.append(result)
 
 
+def keep_records_true(tasks: list[RunTask], opts: GridOptions) -> None:
+    """Before anything trains: an unusable record file stops the grid (it is never silently retrained over), and
+    so does a finished record of another config, unless `opts.replace`: then it is moved to
+    <out>/replaced/<time>/ (never deleted) and its run is retrained."""
+    paths = [(t, record_path(t.out, t.card.name, t.method.name, t.seed)) for t in tasks]
+    unusable = [(p, why) for _, p in paths if (why := record_problem(p))]
+    if unusable:
+        more = f" (and {len(unusable) - 1} more)" if len(unusable) > 1 else ""
+        raise UserError(f"{unusable[0][0]}: {unusable[0][1]}{more}; fix or move it away to retrain that run")
+    other = [(t, p, r) for t, p in paths if (r := read_record(p)) and r.get("config_hash") != config_hash(t.config)]
+    if not other:
+        return
+    if not opts.replace:
+        task, path, record = other[0]
+        raise UserError(
+            f"{len(other)} finished record(s) under {Path(opts.out) / 'runs'} were made with another config, e.g. "
+            f"{path} ({config_differences(record['config'], task.config)}); give --out with a new folder to keep "
+            "both, or --replace to retrain them (the old records are moved to a replaced/ folder)")
+    moved = Path(opts.out) / "replaced" / time.strftime("%Y%m%d-%H%M%S")
+    for _, path, _ in other:
+        target = moved / path.relative_to(Path(opts.out))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+
+
 def run_grid(methods: list[MethodSpec], cards: list[DatasetCard], opts: GridOptions, console: Console,
              executor: Executor | None = None) -> dict:
     """Plan the grid, skip recorded runs, hand the others to `executor` (default: local, sequential, one process
@@ -132,6 +159,7 @@ def run_grid(methods: list[MethodSpec], cards: list[DatasetCard], opts: GridOpti
     tables."""
     executor = executor or LocalExecutor()
     tasks = plan_grid(methods, cards, replace(opts, device=executor.device_type(opts.device)))
+    keep_records_true(tasks, opts)
     pending = [t for t in tasks if not is_complete(record_path(t.out, t.card.name, t.method.name, t.seed), t.config)]
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TimeRemainingColumn(), console=console)

@@ -51,13 +51,15 @@ def test_exact_merges_are_tested_merged_unless_asked_otherwise(tmp_path):
     assert "| merged" in (tmp_path / "auto" / "tables" / "timing.md").read_text()
 
 
-def test_rerun_skips_finished_runs_and_reruns_changed_configs(tmp_path, capsys):
+def test_rerun_skips_finished_runs_and_replaces_changed_configs_only_when_asked(tmp_path, capsys):
     assert run(QUICK, tmp_path) == 0
     path = record_path(tmp_path, "synth_road", "lora", 0)
     stamp = path.stat().st_mtime_ns
     assert run(QUICK, tmp_path) == 0
     assert "0 trained, 1 skipped" in capsys.readouterr().out and path.stat().st_mtime_ns == stamp
-    assert run([*QUICK[:-3], "2", "--methods", "lora"], tmp_path) == 0  # --epochs 2: a different config
+    assert run([*QUICK[:-3], "2", "--methods", "lora"], tmp_path) == 2  # --epochs 2: another config
+    assert "epochs: 1 -> 2" in capsys.readouterr().err and path.stat().st_mtime_ns == stamp
+    assert run([*QUICK[:-3], "2", "--methods", "lora", "--replace"], tmp_path) == 0
     assert json.loads(path.read_text())["config"]["epochs"] == 2
 
 

@@ -68,18 +68,19 @@ def test_csv_manifest_with_split_column(tmp_path):
     pd.DataFrame({"image": [p[0] for p in pairs], "label": [p[1] for p in pairs], "split": splits}).to_csv(
         tmp_path / "data.csv", index=False)
     card = resolve_dataset(str(tmp_path / "data.csv"))
-    assert card.kind == "binary" and card.name == "data"
+    assert card.kind == "binary" and card.name.startswith("data-") and len(card.name) == len("data-") + 8
     data = build_splits(card, 32)
     assert len(data["train"]) == 2 and set(data) == {"train", "val", "test"}
     x, y = data["val"][0]
     assert x.shape == (3, 32, 32) and set(y.unique().tolist()) <= {0.0, 1.0}
 
 
-def test_conv_lora_layout_with_two_test_sets_and_multiclass_inference(tmp_path):
+def test_conv_lora_layout_with_two_test_sets_and_a_declared_multiclass_task(tmp_path):
     pairs = write_pairs(tmp_path, 8, values=(0, 1, 2, 5))
     for name, rows in {"train": pairs[:4], "val": pairs[4:6], "test_Kvasir": pairs[6:7], "test_CVC": pairs[7:]}.items():
         pd.DataFrame({"image": [p[0] for p in rows], "label": [p[1] for p in rows]}).to_csv(tmp_path / f"{name}.csv")
-    card = resolve_dataset(str(tmp_path))
+    assert resolve_dataset(str(tmp_path)).kind == "binary"  # declared, never guessed from the values
+    card = resolve_dataset(str(tmp_path), classes=6)
     assert card.kind == "multiclass" and card.num_classes == 6 and card.select_metric == "miou"
     assert set(build_splits(card, 16)) == {"train", "val", "test:Kvasir", "test:CVC"}
 

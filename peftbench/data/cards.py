@@ -48,6 +48,7 @@ class DatasetCard:
     sources: list[dict] = field(default_factory=list)  # prepared only: where `peftbench prepare` gets the data
     paper: dict = field(default_factory=dict)  # prepared only: the paper's description (Appendix B split sizes)
     excluded: list[dict] = field(default_factory=list)  # bad pairs left out with --skip-bad (paths relative to path)
+    binarize: bool = False  # files only (--binarize): binary masks with other values than 0/255 thresholded at 128
     generator: str = ""  # synthetic only
     size: int = 64  # synthetic only: generated resolution
     seed: int = 0  # synthetic only: generation seed (fixed per card, independent of the run seed)
@@ -152,13 +153,18 @@ def dataset_state(card: DatasetCard, data_root: Path | None = None) -> str:
     return f"prepared {counts.get('train', '?')}/{counts.get('val', '?')}/{tests}"
 
 
-def resolve_dataset(arg: str, data_root: Path | None = None) -> DatasetCard:
-    """A --datasets entry: a registered name, or a folder / CSV manifest path (relative to --data-root if given).
+def resolve_dataset(arg: str, data_root: Path | None = None, classes: int | None = None,
+                    binarize: bool = False) -> DatasetCard:
+    """A --datasets entry: a registered name, or a folder / CSV manifest path (relative to --data-root if given);
+    `classes` and `binarize` (--classes, --binarize) declare a folder or CSV dataset's task (see card_for_path).
 
     A registered real dataset that is not prepared fails here, before any training, with the command to type."""
     cards = dataset_cards()
     if arg in cards:
         card = cards[arg]
+        if classes is not None or binarize:
+            raise UserError(f"--classes / --binarize declare a folder or CSV dataset's task; {arg} is a registered "
+                            "card, which declares its own")
         if card.source == "prepared":
             folder = prepared_dir(card, data_root)
             if not is_prepared(folder):
@@ -174,7 +180,7 @@ def resolve_dataset(arg: str, data_root: Path | None = None) -> DatasetCard:
     if path.exists():
         from .files import card_for_path  # deferred: reading masks to infer the task costs I/O
 
-        return card_for_path(path)
+        return card_for_path(path, classes, binarize)
     raise UserError(
         f"--datasets: {arg!r} is neither a registered dataset ({', '.join(cards)}) nor an existing folder or CSV file"
     )

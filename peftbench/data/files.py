@@ -5,12 +5,13 @@ Accepted layouts (paths inside CSVs are relative to the CSV's folder):
   2. The Conv-LoRA layout: `train.csv`, `val.csv` and one or more `test*.csv` (columns image, label);
      `test_Kvasir.csv` becomes the test set "Kvasir", `test.csv` the test set "test".
   3. `train/`, `val/`, `test/` folders, each with `images/` and `masks/` paired by file stem.
-The task is inferred from the training masks: values within {0, 255} or {0, 1} -> binary; otherwise
-multi-class with K = max value + 1 (255 is treated as "ignore" when other values exceed 1).
+The task is declared: binary by default, multi-class with `--classes K` (see card_for_path); masks are read by
+`read_label` and every one is checked against the task before training (data/validate.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -78,24 +79,44 @@ def read_manifest(path: Path) -> dict[str, pd.DataFrame]:
     return splits
 
 
-def infer_task(label_paths: list[str]) -> tuple[str, int]:
-    """('binary', 1) or ('multiclass', K) from the values found in the label images."""
-    values: set[int] = set()
-    for p in label_paths:
-        values |= set(np.unique(np.asarray(Image.open(p).convert("L"))).tolist())
-    if values <= {0, 255} or values <= {0, 1}:
-        return "binary", 1
-    return "multiclass", max(values - {IGNORE_LABEL}) + 1
+def read_label(path: str | Path) -> np.ndarray:
+    """(H, W) uint8 values of a mask file: grayscale values, or a palette image's indices (the class ids of
+    Trans10K-v2 / VOC-style masks, not the palette colours' brightness). An RGB(A) mask is read only when its colour
+    channels agree (a gray mask saved as RGB) and its alpha channel, if any, is opaque everywhere; otherwise a
+    ValueError says what was found (a mask drawn in the alpha channel, a colour-coded mask) and what to do."""
+    with Image.open(path) as im:
+        if im.mode == "P":
+            return np.asarray(im)
+        if im.mode in ("1", "L", "I;16", "I", "F"):
+            return np.asarray(im.convert("L"))
+        rgba = np.asarray(im.convert("RGBA"))
+    if (rgba[..., 3] != 255).any():
+        raise ValueError("mask has a transparent alpha channel (the mask drawn in alpha?); save it as a "
+                         "single-channel PNG with the mask as gray values")
+    if not ((rgba[..., 0] == rgba[..., 1]) & (rgba[..., 1] == rgba[..., 2])).all():
+        raise ValueError("colour mask (its R, G, B channels differ); save class ids or 0/255 as a single-channel "
+                         "PNG (a palette PNG is read by its indices)")
+    return rgba[..., 0].copy()
 
 
-def card_for_path(path: Path) -> DatasetCard:
-    splits = read_manifest(path)
-    kind, num_classes = infer_task(list(splits["train"]["label"]))
-    binary = kind == "binary"
+def card_for_path(path: Path, classes: int | None = None, binarize: bool = False) -> DatasetCard:
+    """A card for a folder or CSV dataset. The task is declared, never guessed from the masks: binary (masks 0/255 or
+    0/1, every mask checked before training; with `binarize` any values, thresholded at 128) unless `classes` K >= 2
+    is given (class ids 0..K-1, 255 = ignore).
+    Its name is the folder or file name plus a hash of the resolved path, so it never clashes with a registered
+    card or with another folder of the same name."""
+    read_manifest(path)  # a missing split or file fails here, before anything else
+    if classes is not None and classes < 2:
+        raise UserError(f"--classes {classes}: a multi-class dataset has at least 2 classes (binary is the default)")
+    if classes is not None and binarize:
+        raise UserError("--binarize thresholds binary masks; it does not go with --classes")
+    resolved = Path(path).resolve()
+    binary = classes is None
+    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:8]
     return DatasetCard(
-        name=Path(path).stem if Path(path).is_file() else Path(path).name,
-        kind=kind, source="files", num_classes=num_classes, path=str(Path(path).resolve()),
-        description=f"ad-hoc dataset from {path}",
+        name=f"{resolved.stem if resolved.is_file() else resolved.name}-{digest}",
+        kind="binary" if binary else "multiclass", source="files", num_classes=1 if binary else classes,
+        path=str(resolved), description=f"ad-hoc dataset from {path}",
         metrics=list(BINARY_METRICS if binary else MULTICLASS_METRICS),
-        select_metric="iou" if binary else "miou",
+        select_metric="iou" if binary else "miou", binarize=binarize,
     )

@@ -18,7 +18,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from ..segmenter import normalise
 from .cards import DatasetCard
-from .files import IGNORE_LABEL, read_manifest
+from .files import IGNORE_LABEL, read_label, read_manifest
 from .synthetic import generate
 from .validate import drop_images
 
@@ -55,13 +55,13 @@ class SegmentationDataset(Dataset):
         if isinstance(self.samples, tuple):
             return Image.fromarray(self.samples[0][i]), Image.fromarray(self.samples[1][i])
         row = self.samples.iloc[i]
-        return Image.open(row["image"]).convert("RGB"), Image.open(row["label"]).convert("L")
+        return Image.open(row["image"]).convert("RGB"), Image.fromarray(read_label(row["label"]))
 
     def original_label(self, i: int) -> np.ndarray:
         """(H, W) uint8 label as stored: 0/1 or 0/255 for binary tasks, class ids (255 = ignore) for multi-class."""
         if isinstance(self.samples, tuple):
             return self.samples[1][i]
-        return np.asarray(Image.open(self.samples.iloc[i]["label"]).convert("L"))
+        return read_label(self.samples.iloc[i]["label"])
 
     def _prepared(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(3, S, S) uint8 image (bicubic) and (S, S) uint8 label (nearest; binary: 0/1), from the cache when there."""

@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from ..errors import UserError
-from ..records import write_json_atomic
+from ..records import atomic_output, write_json_atomic
 from .cards import DatasetCard, is_prepared, prepared_dir
 from .layouts import LAYOUTS, Context, Splits, find_roots, merge
 from .validate import Problem, drop_images, validate_pairs
@@ -380,7 +380,8 @@ def prepare(card: DatasetCard, inputs: list[str] | None = None, source: str | No
         old.unlink()
     for split, frame in frames.items():
         relative = frame.map(lambda p: os.path.relpath(p, out))
-        relative.to_csv(out / _csv_name(split), index=False)
+        with atomic_output(out / _csv_name(split)) as f:
+            relative.to_csv(f, index=False)
     try:
         version = metadata.version("peftbench")
     except metadata.PackageNotFoundError:

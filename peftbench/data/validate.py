@@ -5,7 +5,8 @@ What is checked, per pair:
   their end marker (a truncated download or copy loses it), which costs two small reads; `full_decode=True` decodes
   every image, which also catches corrupt data in the middle of a file and truncated TIFFs (`prepare` does this).
 - the label decodes (always fully: its values are needed) to the image's size;
-- the label values fit the task as the loader reads them (`convert("L")`): binary labels within {0, 255} or {0, 1}
+- the label values fit the task as the loader reads them (`files.read_label`: gray values, palette indices; masks
+  in an alpha channel or in colour are refused): binary labels within {0, 255} or {0, 1}
   (anything else, e.g. anti-aliased edges, would be thresholded silently), multi-class labels < num_classes or 255.
 Files are checked in a thread pool: PIL releases the GIL while decoding.
 """
@@ -24,7 +25,7 @@ from rich.console import Console
 
 from ..errors import UserError
 from .cards import DatasetCard
-from .files import IGNORE_LABEL, read_manifest
+from .files import IGNORE_LABEL, read_label, read_manifest
 
 PNG_END = b"IEND\xaeB`\x82"
 JPEG_END = b"\xff\xd9"
@@ -73,49 +74,59 @@ def _image_size(path: str, full_decode: bool) -> tuple[tuple[int, int] | None, s
 
 def _label_values(path: str) -> tuple[tuple[int, int] | None, np.ndarray | None, str]:
     try:
-        with Image.open(path) as im:
-            label = np.asarray(im.convert("L"))
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        label = read_label(path)
+    except (OSError, Image.DecompressionBombError) as err:
         return None, None, f"unreadable label ({err})"
+    except ValueError as err:  # what read_label refuses: a mask in the alpha channel, a colour mask
+        return None, None, str(err)
     return (label.shape[1], label.shape[0]), np.unique(label), ""
 
 
-def _value_problem(values: np.ndarray, kind: str, num_classes: int) -> str:
+def _value_problem(values: np.ndarray, kind: str, num_classes: int, binarize: bool = False) -> str:
     found = set(values.tolist())
     if kind == "binary":
-        if found <= {0, 255} or found <= {0, 1}:
+        if found <= {0, 255} or found <= {0, 1} or binarize:
             return ""
         shown = sorted(found - {0, 255})
-        return (f"label has {len(shown)} values besides 0/255 (e.g. {shown[:5]}): anti-aliased or lossy mask in a "
-                "binary task (prepare --binarize thresholds at 128)")
+        return (f"label has {len(shown)} values besides 0/255 (e.g. {shown[:5]}): an anti-aliased or lossy (JPEG) "
+                "mask in a binary task; --binarize thresholds masks at 128 (prepare --binarize for a registered "
+                "dataset), or --classes K if these are class ids")
     bad = sorted(v for v in found if v >= num_classes and v != IGNORE_LABEL)
     return f"label values {bad[:5]} >= num_classes {num_classes} (only 255 = ignore is allowed)" if bad else ""
 
 
 def _check_pair(image: str, label: str, split: str, kind: str, num_classes: int,
-                full_decode: bool) -> Problem | None:
+                full_decode: bool, binarize: bool) -> tuple[Problem | None, bool]:
+    """(the pair's problem or None, whether its label has any foreground / non-background pixel)."""
     image_size, reason = _image_size(image, full_decode)
     if reason:
-        return Problem(split, image, label, reason)
+        return Problem(split, image, label, reason), False
     label_size, values, reason = _label_values(label)
     if reason:
-        return Problem(split, image, label, reason)
+        return Problem(split, image, label, reason), False
     if label_size != image_size:
-        return Problem(split, image, label, f"label size {label_size} != image size {image_size} (width, height)")
-    reason = _value_problem(values, kind, num_classes)
-    return Problem(split, image, label, reason) if reason else None
+        return Problem(split, image, label, f"label size {label_size} != image size {image_size} (width, height)"), \
+            False
+    reason = _value_problem(values, kind, num_classes, binarize)
+    background = {0} if kind == "binary" else {0, IGNORE_LABEL}
+    return (Problem(split, image, label, reason) if reason else None), bool(set(values.tolist()) - background)
 
 
 def validate_pairs(frame: pd.DataFrame, kind: str, num_classes: int, split: str, full_decode: bool = False,
-                   workers: int | None = None) -> list[Problem]:
+                   workers: int | None = None, foreground: list[bool] | None = None,
+                   binarize: bool = False) -> list[Problem]:
     """Problems of one split's pairs (frame columns image, label: paths), in the frame's order; [] when clean.
 
-    kind: "binary" or "multiclass"; num_classes: K for multi-class (ignored for binary)."""
+    kind: "binary" or "multiclass"; num_classes: K for multi-class (ignored for binary). `foreground`, if given,
+    gets one flag per good pair: whether its label has any foreground (binary) or non-background class.
+    `binarize`: binary masks may hold any values (the loader thresholds them at 128)."""
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        found = pool.map(lambda pair: _check_pair(*pair, split, kind, num_classes, full_decode),
-                         zip(frame["image"].astype(str), frame["label"].astype(str)))
-        return [p for p in found if p is not None]
+        found = list(pool.map(lambda pair: _check_pair(*pair, split, kind, num_classes, full_decode, binarize),
+                              zip(frame["image"].astype(str), frame["label"].astype(str))))
+    if foreground is not None:
+        foreground += [has for problem, has in found if problem is None]
+    return [problem for problem, _ in found if problem is not None]
 
 
 def drop_images(frame: pd.DataFrame, images: list[str]) -> pd.DataFrame:
@@ -131,13 +142,20 @@ def screen_card(card: DatasetCard, skip_bad: bool, console: Console) -> None:
     if card.source != "files":  # synthetic data, or prepared (prepare decoded and checked every pair)
         return
     splits = read_manifest(Path(card.path))
+    foreground: list[bool] = []
     with console.status(f"checking the image/label pairs of {card.name}"):
         problems = [p for split, frame in splits.items()
-                    for p in validate_pairs(frame, card.kind, card.num_classes, split)]
+                    for p in validate_pairs(frame, card.kind, card.num_classes, split,
+                                            foreground=foreground if split == "train" else None,
+                                            binarize=card.binarize)]
     for problem in problems:
         console.print(str(problem), markup=False, highlight=False)
     if problems and not skip_bad:
         raise UserError(f"--datasets {card.name}: {len(problems)} bad image/label pairs (listed above); fix them or "
                         "pass --skip-bad to leave them out")
+    if not any(foreground):
+        what = "foreground pixel" if card.kind == "binary" else "pixel of a class other than 0 (background)"
+        raise UserError(f"--datasets {card.path}: none of the {len(foreground)} training masks has a {what}: nothing "
+                        "to learn; check the mask folder and its values")
     card.excluded = [{**p.as_dict(), "image": os.path.relpath(p.image, card.base_dir),
                       "label": os.path.relpath(p.label, card.base_dir)} for p in problems]
