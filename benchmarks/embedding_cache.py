@@ -6,7 +6,7 @@ Runs the trainer (`train_run`) twice on the same config, cache on and off, and c
 each epoch (`history[].train_s`). The first epochs fill the cache (each image and flip is embedded once), so the
 figure that matters is the median epoch from `--from-epoch` on. What the cache removes is the encoder's forward
 pass, so the speed-up follows the encoder's share of an uncached epoch: the benchmark also times that pass alone over
-one epoch's images. Writes benchmarks/results/embedding_cache_<dataset>_<sam>_<device>.json.
+one epoch's images. Writes (by default) results/bench/embedding_cache_<dataset>_<sam>_<device>.json.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--from-epoch", type=int, default=4, help="first epoch (1-based) of the compared median")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--out", default="results/bench")
     args = parser.parse_args()
 
     card, spec = resolve_dataset(args.dataset), get_method(args.method)

@@ -9,7 +9,7 @@ decoded-image cache (and, for frozen encoders, the embedding cache for every ima
 first epochs do. `--as-files PX` writes the dataset as PNG files of PX x PX pixels in the folder layout and loads
 those, so the loader decodes and resizes real files. Each loader step (fetch + step) is paired with a step on an
 in-memory batch, alternating which runs first, so drift of the machine hits both alike. Prints and writes the
-ratio of the summed step times (benchmarks/results/loader_<dataset>_<method>[_files<PX>]_<device>.json).
+ratio of the summed step times (by default results/bench/loader_<dataset>_<method>[_files<PX>]_<device>.json).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--as-files", type=int, default=None, metavar="PX",
                         help="a synthetic dataset written as PX x PX PNG files and loaded from them")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--out", default="results/bench")
     args = parser.parse_args()
 
     card, spec = resolve_dataset(args.dataset, args.data_root), get_method(args.method)

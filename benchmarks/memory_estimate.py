@@ -11,7 +11,7 @@ run on fake tensors; their rows say so.
 
 Not counted: the CUDA context, cuBLAS/cuDNN workspaces and allocator fragmentation (measured peaks on a GPU come out
 higher by roughly 0.5-2 GB). fp16 is estimated with bf16 autocast (the same bytes: the loss scaler needs real values).
-Writes benchmarks/results/memory_<sam>_<size>px_b<batch>_<precision>.{md,json}.
+Writes (by default) results/bench/memory_<sam>_<size>px_b<batch>_<precision>.{md,json}.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--image-size", type=int, default=1024)
     parser.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "bf16"])
-    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--out", default="results/bench")
     args = parser.parse_args()
 
     autocast = "bf16" if args.precision == "fp16" else args.precision  # same bytes; no loss scaler on fake values

@@ -56,7 +56,7 @@ class BenchOptions:
     warmup: int = 2
     iters: int = 5
     repeats: int = 3
-    out: Path = Path("benchmarks/results")
+    out: Path = Path("results/bench")  # not benchmarks/results/: a run must not overwrite the committed figures
     seed: int = 0
     one_at_a_time: bool = False
     optimizer_kernel: str = "fused"  # see train.OPTIMIZER_KERNELS

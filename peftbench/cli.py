@@ -294,7 +294,8 @@ def _cmd_tables(args: argparse.Namespace, console: Console) -> int:
 
     for path, why in unusable_records(Path(args.out)).items():  # named, never silently left out
         print(f"peftbench: warning: {path}: {why}; left out of the tables (its seed shows as missing)", file=sys.stderr)
-    written = write_tables(Path(args.out)) + build_report(Path(args.out), reference=args.reference)
+    written = write_tables(Path(args.out)) + build_report(
+        Path(args.out), reference=args.reference, warn=lambda text: print(f"peftbench: warning: {text}", file=sys.stderr))
     if not written:
         raise UserError(f"--out {args.out}: no run records under {Path(args.out) / 'runs'}; run `peftbench run` first")
     for path in written:
@@ -386,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--one-at-a-time", action="store_true",
                    help="build and time one model (method and setting) after the other (default: all resident, "
                         "repeats interleaved)")
-    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--out", default="results/bench",
+                   help="output folder (default results/bench; benchmarks/results/ holds the committed figures)")
     p = sub.add_parser("pretrain-tiny", help="pretrain the tiny SAM on the generic synthetic corpus")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", default=None, help="optimizer steps (default: the shipped weights' count)")

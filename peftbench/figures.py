@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import EngFormatter  # noqa: E402
 
 from .records import atomic_output, load_records  # noqa: E402
 
@@ -48,8 +49,9 @@ def convergence_figure(records: list[dict], dataset: str, stem: Path) -> list[Pa
     for method, group in df.groupby("method", sort=False):
         stats = group.groupby("epoch")["value"].agg(["mean", "std"]).fillna(0.0)
         line, = ax.plot(stats.index, stats["mean"], label=method)
-        ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
-                        color=line.get_color(), alpha=0.2)
+        # every plotted metric is a percentage: the band stops at its bounds (no IoU below 0)
+        ax.fill_between(stats.index, (stats["mean"] - stats["std"]).clip(0, 100),
+                        (stats["mean"] + stats["std"]).clip(0, 100), color=line.get_color(), alpha=0.2)
         milestones = next(r.get("milestones", {}) for r in records if r["method"] == method)
         for name, epoch in milestones.items():
             marks.setdefault((name, epoch), []).append(method)
@@ -92,6 +94,10 @@ def pareto_figure(records: list[dict], dataset: str, stem: Path) -> list[Path]:
     for method, row in stats.iterrows():
         ax.annotate(method, (row["params"], row["mean"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
+    # plain counts with SI prefixes (31.5k), no minor-tick labels: log-axis labels such as 3.15 x 10^4 overlap
+    ax.xaxis.set_major_formatter(EngFormatter(places=1))
+    ax.xaxis.set_minor_formatter(EngFormatter(places=1))
+    ax.tick_params(axis="x", which="both", labelsize=7, labelrotation=30)
     metric = next(r["selection"]["metric"] for r in records if r["dataset"] == dataset)
     ax.set(xlabel="trainable parameters", ylabel=f"test {metric} (%)", title=f"{dataset}: quality vs parameters")
     return _save(fig, stem)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import base64
 import html
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -336,21 +338,44 @@ def _figure_html(path: Path) -> str:
            f"{html.escape(path.stem)}</figcaption></figure>"
 
 
-def write_html(out: Path, tables: list[tuple[Table, dict]], figures: list[Path]) -> Path:
-    """results/report.html: every table (from its markdown) and every PNG inlined; no external assets."""
+def _cell_html(text: str) -> str:
+    """A markdown cell as HTML: escaped, with the tables' **best** and _second_ marks as bold and italic."""
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
+    text = re.sub(r"(?<![\w*])\*([^*]+)\*(?![\w*])", r"<i>\1</i>", text)  # *PEFT methods* group rows
+    return re.sub(r"(?<![\w])_(.+?)_(?![\w])", r"<i>\1</i>", text)
+
+
+def _markdown_html(markdown: str) -> list[str]:
+    """A table file's markdown (paragraphs and pipe tables) as HTML; wide tables scroll instead of overflowing."""
+    parts, rows = [], []
+
+    def flush() -> None:
+        if rows:
+            body = "".join("<tr>" + "".join(f"<{tag}>{_cell_html(c)}</{tag}>" for c in cells) + "</tr>"
+                           for tag, cells in (("th" if i == 0 else "td", r) for i, r in enumerate(rows)))
+            parts.append(f"<div class='wide'><table>{body}</table></div>")
+            rows.clear()
+
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            if not re.fullmatch(r"\|[\s:|-]+\|?", line):  # not the |---| separator
+                rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+            continue
+        flush()
+        if line.strip():
+            parts.append(f"<p>{html.escape(line)}</p>")
+    flush()
+    return parts
+
+
+def write_html(out: Path, tables: list[tuple[str, str]], figures: list[Path]) -> Path:
+    """results/report.html: every table (name, markdown) and every PNG inlined; no external assets."""
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>peftbench report</title><style>"
-             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:12px}"
-             "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:640px}</style></head><body>",
-             "<h1>peftbench report</h1>"]
-    for table, rendered in tables:
-        lines = rendered["md"].splitlines()
-        parts.append(f"<h2>{html.escape(table.name)}</h2><p>{html.escape(lines[0])}</p><table>")
-        rows = [ln for ln in lines if ln.startswith("|") and not ln.startswith("|---")]
-        for i, line in enumerate(rows):
-            tag = "th" if i == 0 else "td"
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            parts.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
-        parts.append("</table>" + "".join(f"<p>{html.escape(n)}</p>" for n in lines if n and not n.startswith("|"))[1:])
+             "body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:12px}"
+             "td,th{border:1px solid #ccc;padding:2px 6px;white-space:nowrap}div.wide{overflow-x:auto}"
+             "p{font-size:13px}img{max-width:640px}</style></head><body>", "<h1>peftbench report</h1>"]
+    for name, markdown in tables:
+        parts += [f"<h2>{html.escape(name)}</h2>", *_markdown_html(markdown)]
     parts.append("<h2>Figures</h2>")
     parts += [_figure_html(p) for p in figures if p.suffix == ".png"]
     parts.append("</body></html>")
@@ -359,8 +384,9 @@ def write_html(out: Path, tables: list[tuple[Table, dict]], figures: list[Path])
     return path
 
 
-def build_report(out: Path, reference: bool = False) -> list[Path]:
-    """Rebuild every table, figure and the HTML page from the records under `out`/runs. Returns the files."""
+def build_report(out: Path, reference: bool = False, warn: Callable[[str], None] = print) -> list[Path]:
+    """Rebuild every table, figure and the HTML page from the records under `out`/runs. Returns the files.
+    `warn`: how to say that `reference` found no published number to put beside these results."""
     records = load_records(out)
     if not records:
         return []
@@ -370,13 +396,14 @@ def build_report(out: Path, reference: bool = False) -> list[Path]:
     params, not_engaged = _params(records), unsearched(records)
     folder = Path(out) / "tables"
     folder.mkdir(parents=True, exist_ok=True)
-    written, rendered = [], []
+    written, rendered, reference_rows = [], [], 0
     definitions = metric_definitions(records)
     for table in plan_tables(records, df):
         table.notes += table_notes(table, definitions)
         stats = column_stats(df, images, table, seeds_asked)
         text = render(table, stats, ref, params, not_engaged)
-        rendered.append((table, text))
+        rendered.append((table.name, text["md"]))
+        reference_rows += text["md"].count("| paper: ")
         for ext in ("md", "tex"):
             write_text_atomic(folder / f"{table.name}.{ext}", text[ext])
             written.append(folder / f"{table.name}.{ext}")
@@ -385,6 +412,11 @@ def build_report(out: Path, reference: bool = False) -> list[Path]:
         written.append(folder / f"{table.name}.csv")
     from .miniature import write_miniature  # deferred: it builds on this module
 
-    written += write_miniature(records, df, folder)
+    miniature = write_miniature(records, df, folder)
+    if miniature:  # the default run's answer first
+        rendered.insert(0, ("miniature", miniature[0].read_text()))
+    if reference and not reference_rows:
+        warn("--reference: none of these results has a counterpart in the paper's tables (its datasets and "
+             "methods), so no published number is shown")
     figures = write_figures(out)
-    return written + figures + [write_html(out, rendered, figures)]
+    return written + miniature + figures + [write_html(out, rendered, figures)]

@@ -36,10 +36,10 @@ def _mean_std(df: pd.DataFrame, keys: list[str], decimals: int | None) -> tuple[
     stats = df.groupby(keys, sort=False)["value"].agg(["mean", "std", "count"]).reset_index()
 
     def cell(s: pd.Series) -> str:
-        std = 0.0 if pd.isna(s["std"]) else s["std"]
-        if decimals is None:
-            return f"{s['mean']:.3g} ± {std:.2g}"
-        return f"{s['mean']:.{decimals}f} ± {std:.{decimals}f}"
+        mean = f"{s['mean']:.3g}" if decimals is None else f"{s['mean']:.{decimals}f}"
+        if pd.isna(s["std"]):  # one seed: the spread is undefined, not 0
+            return f"{mean} (n=1)"
+        return f"{mean} ± {s['std']:.2g}" if decimals is None else f"{mean} ± {s['std']:.{decimals}f}"
 
     return stats, stats.apply(cell, axis=1)
 

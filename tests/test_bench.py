@@ -57,3 +57,9 @@ def test_bench_times_several_settings_in_one_run_with_ratios_per_setting(tmp_pat
     assert (table.loc[table["method"] == "decoder_only", "infer_vs_base"] == 1).all()
     assert main(["bench", "--precision", "fp32,fp8"]) == 2
     assert "--precision 'fp32,fp8': give one or more of auto, fp32, fp16, bf16" in capsys.readouterr().err
+
+
+def test_bench_writes_outside_the_committed_results_by_default():
+    from peftbench.cli import build_parser
+
+    assert build_parser().parse_args(["bench"]).out == "results/bench" == str(BenchOptions().out)

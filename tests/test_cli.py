@@ -1,6 +1,7 @@
 """The command line: records, resume, determinism, tables and one-line errors."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -115,6 +116,10 @@ def test_the_default_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "tables" / "metrics.md").is_file()
     table = (tmp_path / "tables" / "miniature.md").read_text()
     assert all(f"| {c.name}" in table for c in synthetic)
+    if shutil.which("chromium"):  # the default run's report, as a reader sees it (tests/test_report.py)
+        from test_report import assert_renders_in_browser
+
+        assert_renders_in_browser(tmp_path / "report.html", "Binary semantic segmentation (the paper's Table 1 layout)")
 
 
 def test_gradient_accumulation_matches_the_full_batch(tmp_path):

@@ -1,7 +1,10 @@
 """`peftbench report` on constructed records: ranks, ties, lower-is-better, missing seeds, significance, LaTeX
 structure, the paper's reference rows and the self-contained HTML page."""
 
+import html
 import json
+import shutil
+import subprocess
 from html.parser import HTMLParser
 
 import numpy as np
@@ -185,3 +188,58 @@ def test_timing_table_reports_weight_and_architecture_passes_apart(results):
     assert "train_min_per_epoch_search" in md and "arch_iter_per_s" in md
     nas = next(line for line in md.splitlines() if line.startswith("| nas_pc_lora"))
     assert "2.5" in nas and "7" in nas
+
+
+def miniature_results(out):
+    rng = np.random.default_rng(0)
+    for method, iou in [("decoder_only_random", 30.0), ("decoder_only", 50.0), ("lora", 60.0), ("nas_pc_lora", 59.0)]:
+        for seed in range(3):
+            write_record(out, method, "leaf", seed, iou + seed, 9.0, rng)
+    write_record(out, "vera", "leaf", 0, 55.0, 9.0, rng)  # a single seed
+    return out
+
+
+def test_the_html_report_reads_as_a_page(tmp_path, capsys):
+    assert main(["report", "--out", str(miniature_results(tmp_path)), "--reference"]) == 0
+    page = (tmp_path / "report.html").read_text()
+    body = page.split("<body>")[1]
+    assert body.index("<h2>miniature</h2>") < body.index("<h2>table1_binary</h2>")  # the default run's answer first
+    caption = "Binary semantic segmentation (the paper's Table 1 layout), test %."
+    assert body.count(html.escape(caption)) == 1 and "p>" not in body.replace("<p>", "").replace("</p>", "")
+    assert "**" not in body and "<b>61.00 ± 1.00" in body and "<i>PEFT methods</i>" in body
+    assert "<div class='wide'><table>" in body
+    metrics = (tmp_path / "tables" / "metrics.md").read_text()
+    vera = next(line for line in metrics.splitlines() if line.startswith("| vera"))
+    assert "55.00 (n=1)" in vera and "±" not in vera  # one seed: no spread printed
+    assert "none of these results has a counterpart" not in capsys.readouterr().err  # leaf is in Table 1
+
+
+def test_reference_without_a_paper_counterpart_says_so(tmp_path, capsys):
+    write_record(tmp_path, "lora", "synth_leaf", 0, 60.0, 9.0, np.random.default_rng(0))
+    assert main(["report", "--out", str(tmp_path), "--reference"]) == 0
+    assert "none of these results has a counterpart in the paper's tables" in capsys.readouterr().err
+
+
+def assert_renders_in_browser(page, caption: str) -> None:
+    """Chromium renders `page`: a screenshot at laptop width shows no content past the right edge (wide tables
+    scroll inside their box), and the rendered text has neither doubled captions nor literal markdown marks."""
+    from PIL import Image
+
+    url, shot = page.as_uri(), page.with_name("screenshot.png")
+    browser = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    subprocess.run([*browser, "--window-size=1024,1400", f"--screenshot={shot}", url], check=True,
+                   capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.shape == (1400, 1024) and (pixels < 128).sum() > 10_000  # something was drawn
+    assert (pixels[:, -12:] > 240).all()  # nothing reaches the right edge
+    dom = subprocess.run([*browser, "--dump-dom", url], check=True, capture_output=True, text=True, timeout=120).stdout
+    assert dom.count(html.escape(caption, quote=False)) == 1 and "**" not in dom
+
+
+NEEDS_CHROMIUM = pytest.mark.skipif(not shutil.which("chromium"), reason="needs Chromium (Debian package chromium)")
+
+
+@NEEDS_CHROMIUM
+def test_report_in_a_headless_browser(tmp_path):
+    assert main(["report", "--out", str(miniature_results(tmp_path))]) == 0
+    assert_renders_in_browser(tmp_path / "report.html", "Binary semantic segmentation (the paper's Table 1 layout)")
