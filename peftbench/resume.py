@@ -19,6 +19,7 @@ import json
 import os
 import random
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -89,14 +90,18 @@ def release(path: Path) -> None:
 
 
 def rng_state(loader_generator: torch.Generator) -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    """Every random-number state, in types a weights-only load accepts (NumPy's key array as a tensor)."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss,
+                                                   gauss),
+            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "loader": loader_generator.get_state()}
 
 
 def set_rng_state(state: dict, loader_generator: torch.Generator) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -111,11 +116,17 @@ def save_checkpoint(path: Path, state: dict, lock: Path | None = None) -> None:
 
 
 def load_checkpoint(path: Path, config_hash: str) -> dict | None:
-    """The checkpoint at `path` if it belongs to this exact config; None otherwise (then training starts over)."""
+    """The checkpoint at `path` if it belongs to this exact config; None otherwise (then training starts over).
+
+    Loaded weights-only: tensors, numbers, strings and containers, nothing that can name a callable, so a file
+    planted in a shared results folder cannot run code here. One that does not load that way (tampered,
+    truncated, from another version) is ignored with a warning."""
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: RNG tuples and arrays
-    except Exception:  # a checkpoint from a crashed writer or an older version: start over
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable checkpoint means the same: start over
+        print(f"peftbench: warning: ignoring checkpoint {path} ({type(err).__name__}: {str(err).splitlines()[0]}); "
+              "the run starts over", file=sys.stderr)
         return None
-    return state if state.get("config_hash") == config_hash else None
+    return state if isinstance(state, dict) and state.get("config_hash") == config_hash else None

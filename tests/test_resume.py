@@ -107,3 +107,36 @@ def test_many_processes_racing_for_one_stale_lock_leave_exactly_one_winner(tmp_p
         results = [wins.get(timeout=5) for _ in racers]
         assert results.count(True) == 1, (trial, results)
         assert json.loads(lock.read_text())["pid"] != dead.pid
+
+
+class _Planted:
+    """Runs code when unpickled by a loader that allows it (what a tampered checkpoint would carry)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_planted_checkpoint_cannot_run_code_and_the_run_still_finishes(tmp_path):
+    import torch
+
+    from peftbench.data import dataset_cards
+    from peftbench.methods import get_method
+    from peftbench.records import config_hash
+    from peftbench.runner import GridOptions, resolve_config
+
+    out, marker = tmp_path / "out", tmp_path / "code_ran"
+    config = resolve_config(get_method("lora"), dataset_cards()["synth_road"], 0, GridOptions(device="cpu", epochs=1))
+    planted = out / "checkpoints" / "synth_road" / "lora" / "seed0.pt"  # the name a resuming run loads
+    planted.parent.mkdir(parents=True)
+    torch.save({"config_hash": config_hash(config), "model": _Planted(str(marker))}, planted)
+    torch.load(planted, weights_only=False)  # the plant is live: an unrestricted load runs its code
+    assert marker.exists()
+    marker.unlink()
+    assert main(["run", "--device", "cpu", "--datasets", "synth_road", "--seeds", "0", "--epochs", "1",
+                 "--methods", "lora", "--out", str(out)]) == 0
+    assert not marker.exists() and record_path(out, "synth_road", "lora", 0).is_file()
+    log = next((out / "failed").rglob("*.log"), None) if (out / "failed").exists() else None
+    assert log is None  # the run did not fail: it ignored the checkpoint and started over
