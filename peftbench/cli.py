@@ -107,6 +107,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", default="local", choices=["local", "ray", "slurm"],
                    help="where runs execute, each in its own process: local (default), Ray tasks or a Slurm array job")
     p.add_argument("--gpus", default=None, help="local: one worker per listed GPU, e.g. 0,1,2,3")
+    p.add_argument("--cpu-workers", default=None,
+                   help="CPU runs: how many run in parallel (default: one per available core for the tiny SAM, one "
+                        "for ViT-B/L/H; see peftbench/cpu.py)")
+    p.add_argument("--threads-per-run", default=None,
+                   help="CPU runs: torch threads of each run (default: 1 for the tiny SAM, every available core for "
+                        "ViT-B/L/H)")
     p.add_argument("--in-process", action="store_true",
                    help="local: train in this process (debugging; a crash ends the grid)")
     p.add_argument("--ray-address", default=EXECUTOR_DEFAULTS["ray_address"],
@@ -134,10 +140,25 @@ def _minutes(flag: str, value: str) -> int:
     raise UserError(f"{flag} {value!r}: expected minutes or HH:MM:SS, e.g. 240 or 04:00:00")
 
 
-def _executor(args: argparse.Namespace):
+def _cpu_policy(args: argparse.Namespace) -> tuple[int, int] | None:
+    """(runs in parallel, torch threads per run) for a local grid training on the CPU (cpu.py); None otherwise."""
+    from .cpu import available_cores, cpu_policy
+    from .train import resolve_device
+
+    if args.executor != "local" or args.gpus or resolve_device(args.device).type != "cpu":
+        return None
+    workers = _positive_int("--cpu-workers", args.cpu_workers) if args.cpu_workers else None
+    threads = _positive_int("--threads-per-run", args.threads_per_run) if args.threads_per_run else None
+    workers, threads = cpu_policy(args.sam, available_cores(), workers, threads)
+    return (1 if args.in_process else workers), threads
+
+
+def _executor(args: argparse.Namespace, cpu: tuple[int, int] | None = None):
     from .executors import LocalExecutor, RayExecutor, SlurmExecutor, gpu_slots
 
-    local_only = [flag for flag, given in (("--gpus", args.gpus), ("--in-process", args.in_process)) if given]
+    local_only = [flag for flag, given in (("--gpus", args.gpus), ("--in-process", args.in_process),
+                                           ("--cpu-workers", args.cpu_workers),
+                                           ("--threads-per-run", args.threads_per_run)) if given]
     if args.executor != "local" and local_only:
         raise UserError(f"{local_only[0]} is for --executor local, not {args.executor}")
     for executor in ("ray", "slurm"):  # another executor's flags would be ignored silently
@@ -145,8 +166,11 @@ def _executor(args: argparse.Namespace):
                  if k.startswith(f"{executor}_") and v != EXECUTOR_DEFAULTS[k]]
         if given and args.executor != executor:
             raise UserError(f"{given[0]} is for --executor {executor}, not {args.executor}")
-    if args.gpus and args.in_process:
-        raise UserError("--in-process trains one run at a time in this process; leave out --gpus or --in-process")
+    if (args.gpus or args.cpu_workers) and args.in_process:
+        raise UserError("--in-process trains one run at a time in this process; leave out --gpus / --cpu-workers "
+                        "or --in-process")
+    if args.gpus and (args.cpu_workers or args.threads_per_run):
+        raise UserError("--cpu-workers / --threads-per-run are for CPU runs; --gpus runs one worker per GPU")
     if args.executor == "ray":
         return RayExecutor(args.ray_address, _positive_int("--ray-cpus-per-run", args.ray_cpus_per_run))
     if args.executor == "slurm":
@@ -154,7 +178,9 @@ def _executor(args: argparse.Namespace):
         gpus = 0 if gpus == "0" else _positive_int("--slurm-gpus-per-task", gpus)
         return SlurmExecutor(Path(args.out) / "slurm", args.slurm_partition, _minutes("--slurm-time", args.slurm_time),
                              gpus, _positive_int("--slurm-cpus-per-task", args.slurm_cpus_per_task))
-    return LocalExecutor(gpu_slots(args.gpus) if args.gpus else None, isolate=not args.in_process)
+    if args.gpus:
+        return LocalExecutor(gpu_slots(args.gpus), isolate=not args.in_process)
+    return LocalExecutor([None] * (cpu[0] if cpu else 1), isolate=not args.in_process, threads=cpu[1] if cpu else None)
 
 
 def retry_command(argv: list[str], failed: list[dict], dataset_args: dict[str, str]) -> str:
@@ -196,19 +222,21 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     for card in cards:  # bad files stop the grid here, before anything trains, unless --skip-bad
         screen_card(card, args.skip_bad, console)
     dataset_args = {card.name: arg for card, arg in zip(cards, names)}
+    cpu = _cpu_policy(args)
     opts = GridOptions(
         sam=args.sam, checkpoint=args.checkpoint, device=args.device, out=Path(args.out), seeds=_seeds(args.seeds),
         checkpoint_interval_s=_nonnegative_float("--checkpoint-interval", args.checkpoint_interval),
         inference=args.inference, eval_resolution=args.eval_resolution, precision=args.precision,
         attention=args.attention, checkpointing=args.checkpointing, cache_embeddings=not args.no_embedding_cache,
         optimizer_kernel=args.optimizer_kernel, replace=args.replace,
+        cpu_workers=cpu[0] if cpu else None, threads_per_run=cpu[1] if cpu else None,
         epochs=_positive_int("--epochs", args.epochs) if args.epochs is not None else None,
         batch_size=_positive_int("--batch-size", args.batch_size),
         micro_batch_size=_positive_int("--micro-batch-size", args.micro_batch_size) if args.micro_batch_size else None,
     )
     if opts.micro_batch_size and opts.batch_size % opts.micro_batch_size:
         raise UserError(f"--micro-batch-size {opts.micro_batch_size} must divide --batch-size {opts.batch_size}")
-    executor = _executor(args)
+    executor = _executor(args, cpu)
     load_sam(opts.sam, opts.checkpoint)  # fail fast on a missing or mismatched checkpoint
     start = time.time()
     console.print(f"peftbench: {len(methods)} methods x {len(cards)} datasets x {len(opts.seeds)} seeds "

@@ -253,13 +253,15 @@ class Executor(Protocol):
 
 class LocalExecutor:
     """On this machine: one run after the other, or one worker per entry of `slots`, each giving its children
-    that CUDA_VISIBLE_DEVICES (None: inherited; two None slots run two CPU workers, as the tests do).
-    `isolate=False` runs in this process (debugging: breakpoints work, a crash ends the grid)."""
+    that CUDA_VISIBLE_DEVICES (None: inherited; n None slots run n CPU runs in parallel, see cpu.py), `threads`
+    torch threads per run (None: torch's choice). `isolate=False` runs in this process (debugging: breakpoints
+    work, a crash ends the grid)."""
 
     name = "local"
 
-    def __init__(self, slots: list[str | None] | None = None, isolate: bool = True, run: Callable = run_one):
-        self.slots, self.isolate, self.run_function = slots or [None], isolate, run
+    def __init__(self, slots: list[str | None] | None = None, isolate: bool = True, run: Callable = run_one,
+                 threads: int | None = None):
+        self.slots, self.isolate, self.run_function, self.threads = slots or [None], isolate, run, threads
 
     def device_type(self, requested: str) -> str:
         device = resolve_device(requested).type
@@ -269,7 +271,9 @@ class LocalExecutor:
 
     def _run(self, task: RunTask, slot: str | None, on_step: ProgressCallback | None) -> dict:
         if self.isolate:
-            return run_isolated(task, on_step, gpu=slot, run=self.run_function)
+            return run_isolated(task, on_step, gpu=slot, threads=self.threads, run=self.run_function)
+        if self.threads:
+            torch.set_num_threads(self.threads)
         try:
             return self.run_function(task, on_step, None)
         except Exception as err:  # noqa: BLE001 - one broken run must not lose the others; its traceback is kept

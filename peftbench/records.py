@@ -25,7 +25,7 @@ def record_path(out: Path, dataset: str, method: str, seed: int) -> Path:
 
 # Settings that change how fast a run goes, not its numbers (beyond float rounding, tested): recorded in the config,
 # left out of its identity, so a record made with another of them is the same result and is kept and reused.
-SPEED_SETTINGS = ("attention", "checkpointing", "cache_embeddings")
+SPEED_SETTINGS = ("attention", "checkpointing", "cache_embeddings", "cpu_workers", "threads_per_run")
 
 
 def identity(config: dict) -> dict:

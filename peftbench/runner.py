@@ -54,6 +54,8 @@ class GridOptions:
     replace: bool = False  # retrain runs whose finished record has another config (the old one is moved aside)
     checkpoint_interval_s: float = 30.0  # mid-run checkpoints: after an epoch, at most this often
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    cpu_workers: int | None = None  # CPU runs: runs in parallel and torch threads per run (see cpu.cpu_policy)
+    threads_per_run: int | None = None
 
 
 def resolve_config(method: MethodSpec, card: DatasetCard, seed: int, opts: GridOptions) -> dict:
@@ -91,6 +93,8 @@ def resolve_config(method: MethodSpec, card: DatasetCard, seed: int, opts: GridO
         # Speed settings (results equal up to float precision; kept in the config for the record):
         "attention": opts.attention, "checkpointing": opts.checkpointing, "cache_embeddings": opts.cache_embeddings,
         "optimizer_kernel": opts.optimizer_kernel,
+        "cpu_workers": opts.cpu_workers if device.type == "cpu" else None,
+        "threads_per_run": opts.threads_per_run if device.type == "cpu" else None,
     }
 
 

@@ -74,10 +74,17 @@ def metrics_table(records: list[dict], decimals: int = 2) -> tuple[pd.DataFrame,
     return table, stats
 
 
+def _cpu_setting(config: dict) -> str:
+    """How many CPU runs ran in parallel with how many torch threads each ("–" on a GPU or unrecorded)."""
+    workers, threads = config.get("cpu_workers"), config.get("threads_per_run")
+    return f"{workers} x {threads}" if workers and threads else "–"
+
+
 def timing_table(records: list[dict], decimals: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Like the paper's Table 5: per dataset and method, training and inference throughput and peak memory."""
-    keys = ["dataset", "method", "device", "inference model"]
+    keys = ["dataset", "method", "device", "CPU runs x threads", "inference model"]
     rows = [{"dataset": r["dataset"], "method": r["method"], "device": r["device"]["name"],
+             "CPU runs x threads": _cpu_setting(r["config"]),
              "inference model": r["timing"]["inference_model"], "metric": k, "value": v}
             for r in records for k, v in r["timing"].items() if k in TIMING_COLUMNS]
     df = pd.DataFrame(rows, columns=[*keys, "metric", "value"])
@@ -113,6 +120,8 @@ def write_tables(out: Path) -> list[Path]:
         metric_caption += " " + SEARCH_NOTE
     timing_caption = ("Throughput and peak memory, mean ± std over seeds (absolute values only comparable on one device). "
                       "Inference model: 'merged' = adapter folded into the frozen weights (plain SAM at inference), "
-                      "'unmerged' = the adapter runs at inference.")
+                      "'unmerged' = the adapter runs at inference. CPU runs x threads: runs trained in parallel and "
+                      "torch threads of each (--cpu-workers, --threads-per-run); timings compare only within one "
+                      "such setting.")
     return (_write(*metrics_table(records), tables / "metrics", metric_caption)
             + _write(*timing_table(records), tables / "timing", timing_caption))
