@@ -13,7 +13,6 @@ Writes (by default) results/bench/cpu_policy_<cores>cores.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
