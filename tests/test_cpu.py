@@ -20,9 +20,8 @@ def test_policy_per_model_size_and_overrides():
 
 
 def test_cores_come_from_the_affinity_mask_and_the_cgroup_quota(tmp_path, monkeypatch):
-    one_core = subprocess.run(
-        [sys.executable, "-c", "import os; os.sched_setaffinity(0, {0}); from peftbench.cpu import available_cores; "
-                               "print(available_cores())"], capture_output=True, text=True, check=True)
+    code = "import os; os.sched_setaffinity(0, {0}); from peftbench.cpu import available_cores; print(available_cores())"
+    one_core = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert one_core.stdout.strip() == "1"
     monkeypatch.setattr(cpu, "CGROUP", tmp_path)
     (tmp_path / "cpu.max").write_text("150000 100000\n")  # 1.5 cores of quota
