@@ -439,3 +439,69 @@ def test_force_keeps_a_good_dataset_when_the_new_sources_need_a_manual_step(tmp_
     assert is_prepared(out)
     with pytest.raises(UserError, match="--tile 500: only the road dataset"):
         prepare(CARDS["leaf"], inputs, data_root=tmp_path / "data", force=True, tile=500, console=Console(quiet=True))
+
+
+# ---------------------------------------------------------------------------------------------- real-world defects
+
+
+def _polyp_release(work: Path, damage) -> list[Path]:
+    """The official polyp archives (Kvasir-SEG's JPEG masks and CVC-ClinicDB's TIFs: both converted) after
+    `damage(kvasir_folder, cvc_folder)`."""
+    fx.polyp(work)
+    kvasir, cvc = work / "src" / "kvasir" / "Kvasir-SEG", work / "src" / "cvc" / "CVC-ClinicDB"
+    damage(kvasir, cvc)
+    return [fx.zip_folder(kvasir, work / "damaged" / "kvasir-seg.zip"), fx.zip_folder(cvc, work / "damaged" / "cvc.zip")]
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+@pytest.mark.parametrize("member", ["masks/cju000.jpg", "cvc:Original/2.tif"])
+def test_a_truncated_file_that_must_be_converted_is_a_bad_pair_not_a_traceback(member, tmp_path):
+    folder, name = ("cvc", member[4:]) if member.startswith("cvc:") else ("kvasir", member)
+    inputs = _polyp_release(tmp_path, lambda kvasir, cvc: _truncate((cvc if folder == "cvc" else kvasir) / name))
+    with pytest.raises(UserError, match="1 bad image/label pairs") as err:
+        run_prepare(CARDS["polyp"], inputs, tmp_path / "data")
+    assert Path(name).name in err.value.console and "unreadable or corrupt" in err.value.console
+    out, _ = run_prepare(CARDS["polyp"], inputs, tmp_path / "data", skip_bad=True)
+    record = prepared_json(out)
+    assert record["excluded_count"] == 1 and Path(name).name in json.dumps(record["excluded"])
+    assert sum(record["counts"].values()) == 16 - 1
+    assert len(resolve_dataset("polyp", tmp_path / "data").excluded) == 1  # counted in every run's record
+
+
+def test_an_image_without_a_mask_is_a_bad_pair(tmp_path):
+    inputs = _polyp_release(tmp_path, lambda kvasir, cvc: (kvasir / "masks" / "cju003.jpg").unlink())
+    with pytest.raises(UserError, match="1 bad image/label pairs") as err:
+        run_prepare(CARDS["polyp"], inputs, tmp_path / "data")
+    assert "cju003.jpg" in err.value.console and "image without a mask" in err.value.console
+    out, _ = run_prepare(CARDS["polyp"], inputs, tmp_path / "data", skip_bad=True)
+    assert prepared_json(out)["excluded"][0]["problem"].startswith("image without a mask")
+
+
+def test_a_tif_pillow_cannot_open_is_read_with_tifffile(tmp_path):
+    import tifffile
+    from PIL import UnidentifiedImageError
+
+    def odd_tif(kvasir, cvc):  # PhotometricInterpretation 1 (min-is-black) with 3 samples per pixel
+        pixels = np.asarray(Image.open(cvc / "Original" / "1.tif").convert("RGB"))
+        tifffile.imwrite(cvc / "Original" / "1.tif", pixels, photometric="minisblack", planarconfig="contig")
+
+    inputs = _polyp_release(tmp_path, odd_tif)
+    odd = tmp_path / "src" / "cvc" / "CVC-ClinicDB" / "Original" / "1.tif"
+    with pytest.raises((UnidentifiedImageError, OSError, ValueError)):
+        Image.open(odd).load()  # the file really is one Pillow refuses
+    out, _ = run_prepare(CARDS["polyp"], inputs, tmp_path / "data")
+    assert prepared_json(out)["excluded_count"] == 0
+    png = next(p for p in pd.concat(read_manifest(out).values())["image"] if p.endswith("/1.png"))
+    assert Image.open(png).size == (fx.W, fx.H)
+
+
+def test_a_renamed_archive_is_recognised_by_its_content(tmp_path):
+    inputs, _ = fx.build("official", "polyp", tmp_path / "src")
+    renamed = [p.rename(p.with_name(f"my-download-{i}.zip")) for i, p in enumerate(inputs)]
+    out, _ = run_prepare(CARDS["polyp"], renamed, tmp_path / "data")
+    sources = {r["file"]: r["source"] for r in prepared_json(out)["inputs"]}
+    assert sorted(sources.values()) == sorted(e["name"] for e in CARDS["polyp"].sources
+                                              if e.get("layout") in ("kvasir_seg", "cvc_clinicdb"))

@@ -108,16 +108,24 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def pair_by_stem(images: Path, masks: Path, ctx: Context, key: str, mask_suffix: str = "",
-                 keep: Callable[[Path], bool] = lambda p: True) -> list[Pair]:
-    """Images paired with masks named <image stem><mask_suffix>.<any ext>; unpaired files are counted in the notes."""
-    by_stem = {p.stem: p for p in image_files(images) if keep(p)}
+                 keep: Callable[[Path], bool] = lambda p: True, shared_masks: bool = False) -> list[Pair]:
+    """Images paired with masks named <image stem><mask_suffix>.<any ext>. An image without a mask, or a mask
+    without an image, is a bad pair (an error, or left out and listed with --skip-bad), never dropped silently;
+    `shared_masks`: one mask folder serves several image folders (CAMO), so its other masks are only counted."""
+    every_image = image_files(images)
+    by_stem = {p.stem: p for p in every_image if keep(p)}
     mask_by_stem = {p.stem.removesuffix(mask_suffix): p for p in image_files(masks) if p.stem.endswith(mask_suffix)}
     common = sorted(set(by_stem) & set(mask_by_stem))
-    lonely_images, lonely_masks = sorted(set(by_stem) - set(mask_by_stem)), sorted(set(mask_by_stem) - set(by_stem))
-    if lonely_images or lonely_masks:  # CAMO: one GT folder for both splits, so each split leaves the other's masks
-        ctx.notes.setdefault("unpaired", {})[key] = {
-            "images_without_mask": len(lonely_images), "masks_without_image": len(lonely_masks),
-            "examples": (lonely_images + lonely_masks)[:10]}
+    # a mask of an image `keep` leaves out (COD10K's NonCAM) has its image: it is not lonely
+    lonely_images = sorted(set(by_stem) - set(mask_by_stem))
+    lonely_masks = sorted(set(mask_by_stem) - {p.stem for p in every_image})
+    ctx.bad += [Problem(key, str(by_stem[s]), "", f"image without a mask (no {s}{mask_suffix}.* in {masks})")
+                for s in lonely_images]
+    if shared_masks:
+        ctx.notes.setdefault("masks_of_other_splits", {})[key] = len(lonely_masks)
+    else:
+        ctx.bad += [Problem(key, "", str(mask_by_stem[s]), f"mask without an image (no {s}.* in {images})")
+                    for s in lonely_masks]
     if not common:
         raise UserError(f"{images} and {masks}: no image has a mask named <stem>{mask_suffix}.*; "
                         "is the archive complete?")
@@ -148,6 +156,38 @@ def _parallel(fn: Callable, items: list) -> list:
         return list(pool.map(fn, items))
 
 
+def guarded(fn: Callable[[Pair], object], ctx: Context, split: str) -> Callable[[Pair], object]:
+    """`fn` on one pair, except that a file it cannot read or convert (truncated, corrupt, not an image) makes the
+    pair a bad pair (ctx.bad: an error naming the file, or left out and listed with --skip-bad) and gives None,
+    instead of a traceback. Every converter reads its files through this."""
+    def safe(pair: Pair):
+        try:
+            return fn(pair)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # what PIL raises on bad data
+            ctx.bad.append(Problem(split, str(pair[0]), str(pair[1]), f"unreadable or corrupt file ({err})"))
+            return None
+    return safe
+
+
+def open_image(path: Path) -> Image.Image:
+    """An image file as PIL opens it, decoded (so a truncated file fails here); a TIFF PIL cannot read
+    (CVC-ClinicDB's declare PhotometricInterpretation 1, min-is-black, with 3 samples per pixel) is read with
+    tifffile instead."""
+    try:
+        image = Image.open(path)
+        image.load()
+        return image
+    except (OSError, ValueError) as err:
+        if path.suffix.lower() not in (".tif", ".tiff"):
+            raise
+        import tifffile  # installed with scikit-image
+
+        try:
+            return Image.fromarray(np.asarray(tifffile.imread(path)))
+        except Exception as tiff_err:  # noqa: BLE001 - tifffile's own errors: report PIL's and tifffile's
+            raise OSError(f"{err}; tifffile: {tiff_err}") from None
+
+
 def save(image: Image.Image, dst: Path) -> Path:
     """Written under a temporary name first: a file left by an interrupted prepare is never taken as complete."""
     tmp = dst.with_name(f".{dst.stem}.tmp{dst.suffix}")
@@ -159,7 +199,7 @@ def save(image: Image.Image, dst: Path) -> Path:
 def write_binary_mask(src: Path, dst: Path) -> Path:
     """(H, W) 0/255 PNG from any mask, thresholded at 128 (JPEG masks carry compression noise around edges)."""
     if not dst.is_file():
-        with Image.open(src) as im:
+        with open_image(src) as im:
             mask = np.asarray(im.convert("L")) >= BINARY_THRESHOLD
         save(Image.fromarray((mask * 255).astype(np.uint8)), dst)
     return dst
@@ -167,7 +207,8 @@ def write_binary_mask(src: Path, dst: Path) -> Path:
 
 def write_png(src: Path, dst: Path, mode: str) -> Path:
     if not dst.is_file():
-        with Image.open(src) as im:
+        with open_image(src) as im:
+            im.load()  # decode here: a truncated file fails now, not when it is written
             save(im.convert(mode), dst)
     return dst
 
@@ -185,7 +226,7 @@ def binary_pairs(pairs: list[Pair], ctx: Context, layout_name: str, split: str, 
         return image, mask
     if must_convert or ctx.binarize:
         ctx.notes.setdefault("binarized", {})[f"{layout_name}/{split}"] = f"masks thresholded at >= {BINARY_THRESHOLD}"
-    return _parallel(convert, pairs)
+    return [p for p in _parallel(guarded(convert, ctx, split), pairs) if p is not None]
 
 
 def merge(*parts: Splits) -> Splits:
@@ -353,7 +394,8 @@ def convert_camo(roots: list[Path], ctx: Context) -> Splits:
     root, splits = roots[0], {}
     for folder, split in (("Train", "train"), ("Test", "test:camo")):
         if child(child(root, "Images"), folder) is not None:
-            pairs = pair_by_stem(child(child(root, "Images"), folder), child(root, "GT"), ctx, f"camo/{split}")
+            pairs = pair_by_stem(child(child(root, "Images"), folder), child(root, "GT"), ctx, f"camo/{split}",
+                                 shared_masks=True)
             splits[split] = binary_pairs(pairs, ctx, "camo", split)
     return carve_val(splits, ctx, "camo") if "train" in splits else splits
 
@@ -451,7 +493,7 @@ def _nodata_fraction(image: Image.Image) -> float:
 def _road_tiles(pair: Pair, ctx: Context, split: str, size: int) -> tuple[list[Pair], int]:
     """Non-overlapping size x size crops of one tile (remainder at the right / bottom edge dropped), written as PNG;
     crops that are entirely no-data are skipped. Returns (crops, skipped)."""
-    image, label = (Image.open(p) for p in pair)
+    image, label = (open_image(p) for p in pair)
     crops, skipped = [], 0
     for top in range(0, image.height - size + 1, size):
         for left in range(0, image.width - size + 1, size):
@@ -481,15 +523,18 @@ def convert_road(roots: list[Path], ctx: Context) -> Splits:
             continue
         pairs = pair_by_stem(child(root, folder), child(root, f"{folder}_labels"), ctx, f"road/{split}")
 
-        def inspect(pair: Pair) -> tuple[tuple[int, int], float]:
-            with Image.open(pair[0]) as im:
-                return im.size, _nodata_fraction(im)
-        for pair, (size, fraction) in zip(pairs, _parallel(inspect, pairs)):
+        def inspect(pair: Pair) -> tuple[Pair, tuple[int, int], float]:
+            with open_image(pair[0]) as im:
+                return pair, im.size, _nodata_fraction(im)
+        inspected = [found for found in _parallel(guarded(inspect, ctx, split), pairs) if found is not None]
+        pairs = [pair for pair, _, _ in inspected]
+        for pair, size, fraction in inspected:
             sizes[str(size)] = sizes.get(str(size), 0) + 1
             if fraction >= MOSTLY_NODATA:
                 nodata.setdefault(split, []).append({"image": pair[0].name, "nodata_fraction": round(fraction, 3)})
         if ctx.tile:
-            results = _parallel(lambda pair, s=split: _road_tiles(pair, ctx, s, ctx.tile), pairs)
+            results = [r for r in _parallel(guarded(lambda pair, s=split: _road_tiles(pair, ctx, s, ctx.tile), ctx,
+                                                    split), pairs) if r is not None]
             pairs = [crop for crops, _ in results for crop in crops]
             ctx.notes.setdefault("tiling", {})[split] = {"crops": len(pairs), "all_nodata_skipped": sum(
                 s for _, s in results)}
@@ -508,7 +553,7 @@ def _index_mask(pair: Pair, ctx: Context, layout_name: str, split: str, to_index
     """Write the class-index PNG ((H, W) uint8, mode L, as the loader reads it); None (pair noted as bad) when the
     mask holds colours outside the mapping."""
     image, mask = pair
-    with Image.open(mask) as im:
+    with open_image(mask) as im:
         index, unknown = to_index(im)
     if unknown:
         ctx.bad.append(Problem(split, str(image), str(mask), f"mask colours outside the class mapping: {unknown[:5]}"))
@@ -549,7 +594,8 @@ def trans10k_v2_index(im: Image.Image, num_classes: int = 12) -> tuple[np.ndarra
 def _trans10k_split(images: Path, masks: Path, ctx: Context, layout_name: str, split: str,
                     to_index: Callable) -> list[Pair]:
     pairs = pair_by_stem(images, masks, ctx, f"{layout_name}/{split}", mask_suffix="_mask")
-    return [p for p in _parallel(lambda pair: _index_mask(pair, ctx, layout_name, split, to_index), pairs) if p]
+    index = guarded(lambda pair: _index_mask(pair, ctx, layout_name, split, to_index), ctx, split)
+    return [p for p in _parallel(index, pairs) if p]
 
 
 def _is_trans10k_v1(d: Path) -> bool:

@@ -221,6 +221,14 @@ def _entry_for(card: DatasetCard, item: str) -> dict:
     return {}
 
 
+def _entry_by_layout(card: DatasetCard, folder: Path) -> dict:
+    """The card's one [[sources]] entry whose release layout the extracted `folder` holds; {} if none or several."""
+    layouts = list(dict.fromkeys(e["layout"] for e in card.sources if e.get("layout")))
+    found = find_roots([folder], layouts)
+    matches = [e for e in card.sources if e.get("layout") in found]
+    return matches[0] if len(matches) == 1 else {}
+
+
 def _manual_steps(card: DatasetCard, entries: list[dict]) -> str:
     lines, args = [f"{card.name}: these files need a manual download (a login or a click-through):"], []
     for entry in entries:
@@ -260,9 +268,22 @@ def _fetch(card: DatasetCard, inputs: list[str], out: Path, console: Console) ->
             record.append({"input": item, "kind": "folder", "path": str(path.resolve())})
             continue
         console.print(f"verifying {path.name}")
-        sha256, size = verify(path, entry.get("sha256", ""), entry.get("size", 0), console)
+        named = bool(entry)
+        sha256, size = verify(path, entry.get("sha256", ""), entry.get("size", 0), console if named else None)
+        if not entry:  # a renamed file: the card's entry with this checksum, else the one whose layout it holds
+            entry = next((e for e in card.sources if e.get("sha256", "").lower() == sha256), {})
         console.print(f"extracting {path.name}")
-        folders.append(safe_extract(path, out / "raw" / slot))
+        folder = safe_extract(path, out / "raw" / slot)
+        if not named:
+            entry = entry or _entry_by_layout(card, folder)
+            expected = (entry.get("sha256", "").lower(), entry.get("size", 0))
+            if expected[0] and (sha256, size) != (expected[0], expected[1] or size):
+                raise UserError(f"{path}: sha256 {sha256}, size {size}; the card's {entry.get('name')} (whose "
+                                f"layout it holds) expects {expected[0]}, {expected[1]}; a different or damaged file")
+            if not expected[0]:
+                console.print(f"{path.name}: no checksum in the card yet; record it there: "
+                              f'sha256 = "{sha256}"  size = {size}', soft_wrap=True)
+        folders.append(folder)
         record.append({"input": item, "kind": "archive", "source": entry.get("name"), "file": path.name,
                        "sha256": sha256, "size": size, "checksum_in_card": bool(entry.get("sha256"))})
     return folders, record
@@ -390,7 +411,7 @@ def prepare(card: DatasetCard, inputs: list[str] | None = None, source: str | No
         "dataset": card.name, "source": kind, "inputs": record, "layouts": notes,
         "split_seed": card.split_seed, "counts": {s: len(f) for s, f in frames.items()},
         "csv": {s: _csv_name(s) for s in frames}, "missing_test_sets": missing_tests,
-        "excluded": [{**p.as_dict(), "image": os.path.relpath(p.image, out), "label": os.path.relpath(p.label, out)}
+        "excluded": [{**p.as_dict(), **{k: os.path.relpath(v, out) for k in ("image", "label") if (v := getattr(p, k))}}
                      for p in problems], "excluded_count": len(problems),
         "validation": "every image fully decoded; label size and values checked (peftbench.data.validate)",
         "options": {"binarize": binarize, "tile": tile, "skip_bad": skip_bad},
