@@ -6,8 +6,8 @@ import os
 # Spinning threads steal the cores of parallel runs and of other users of a shared machine (peftbench/cpu.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .data import dataset_cards  # noqa: E402
-from .methods import adapt, method_specs  # noqa: E402
+from .data import dataset_cards
+from .methods import adapt, method_specs
 
 __all__ = ["adapt", "dataset_cards", "method_specs"]
 __version__ = "0.1.0"

@@ -46,6 +46,11 @@ TIMING = {"train_iter_per_s": "Train iter/s", "train_min_per_epoch": "Train min/
           "infer_img_per_s": "Inference img/s", "peak_memory_mib": "Peak memory (MiB)"}
 
 
+TIMING_NOTE = ("Absolute timings are only comparable on one device and, on a CPU, one setting of runs in parallel x "
+               "threads per run (the records' cpu_workers, threads_per_run; tables/timing.md shows it); see "
+               "`peftbench bench`.")
+
+
 @dataclass
 class Table:
     """One table: a title, its columns as (dataset label, metric) and the methods in row order."""
@@ -298,9 +303,7 @@ def plan_tables(records: list[dict], df: pd.DataFrame) -> list[Table]:
     timing = list(dict.fromkeys((d, m) for d, m in zip(df["dataset"], df["metric"]) if m in TIMING))
     if timing:
         tables.append(Table("table5_timing", "Training and inference cost (the paper's Table 5 layout).", timing,
-                            main, ["Absolute timings are only comparable on one device and, on a CPU, one setting of "
-                                   "runs in parallel x threads per run (the records' cpu_workers, threads_per_run; "
-                                   "tables/timing.md shows it); see `peftbench bench`."]))
+                            main, [TIMING_NOTE]))
     for ablation in sorted({a for a in ablations.values() if a}):
         variants = [m for m, a in ablations.items() if a == ablation]
         base = [m for m in ("nas_lora", "nas_pc_lora") if m in main]
