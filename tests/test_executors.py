@@ -150,7 +150,7 @@ def interrupt_lora(task, on_step=None, owner=None):
 def test_an_interrupted_run_is_counted_listed_and_in_the_retry_command(tmp_path, monkeypatch, capsys):
     import peftbench.cli
 
-    monkeypatch.setattr(peftbench.cli, "_executor", lambda args: LocalExecutor(run=interrupt_lora))
+    monkeypatch.setattr(peftbench.cli, "_executor", lambda args, cpu=None: LocalExecutor(run=interrupt_lora))
     args = ["run", "--device", "cpu", "--sam", SAM, "--datasets", "synth_leaf", "--methods", "decoder_only,lora",
             "--seeds", "0", "--epochs", "1", "--out", str(tmp_path)]
     assert main(args) == 1
