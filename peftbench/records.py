@@ -171,10 +171,10 @@ def load_records(out: Path) -> list[dict]:
     for r in records:
         groups.setdefault((r["dataset"], r["method"]), []).append(r)
     for group in groups.values():
-        flats = [{k: v for k, v in _flat(identity(r["config"])).items() if k != "seed"} for r in group]
+        flats = [{k: v for k, v in _flat(identity(r.get("config", {}))).items() if k != "seed"} for r in group]
         varying = sorted(k for k in set().union(*flats) if len({json.dumps(f.get(k), default=str) for f in flats}) > 1)
         for r, f in zip(group, flats) if varying else ():
-            shown = [f"{k}={f.get(k)}" for k in varying[:3]] + ([f"config {config_hash(r['config'])[:8]}"]
+            shown = [f"{k}={f.get(k)}" for k in varying[:3]] + ([f"config {config_hash(r.get('config', {}))[:8]}"]
                                                                  if varying[3:] else [])
             r["method"] += " [" + ", ".join(shown) + "]"
     return records
