@@ -147,8 +147,8 @@ def keep_records_true(tasks: list[RunTask], opts: GridOptions) -> None:
         task, path, record = other[0]
         raise UserError(
             f"{len(other)} finished record(s) under {Path(opts.out) / 'runs'} were made with another config, e.g. "
-            f"{path} ({config_differences(record.get('config', {}), task.config)}); give --out with a new folder to keep "
-            "both, or --replace to retrain them (the old records are moved to a replaced/ folder)")
+            f"{path} ({config_differences(record.get('config', {}), task.config)}); give --out with a new folder to "
+            "keep both, or --replace to retrain them (the old records are moved to a replaced/ folder)")
     moved = Path(opts.out) / "replaced" / time.strftime("%Y%m%d-%H%M%S")
     for _, path, _ in other:
         target = moved / path.relative_to(Path(opts.out))

@@ -32,7 +32,8 @@ The schedule rule, the same for every dataset and --epochs (`schedule`):
     short run (the 64-image synthetic cards: 128 steps) the search still gets the paper's reach instead of 1% of it.
 Validation selects among the epochs after the start only (`selectable`): an earlier checkpoint would be LoRA with a
 uniform mixture, not a searched model. The record stores the resolved start, the planned and taken architecture
-steps, the learning rate used, and whether the search engaged: took steps and moved the operation distribution at least SEARCH_MOVED from uniform.
+steps, the learning rate used, and whether the search engaged: took steps and moved the operation distribution at
+least SEARCH_MOVED from uniform.
 
 Merging (Eq. 5-7) is approximate, not exact: the convolutions and pools mix neighbouring tokens, so they cannot
 be folded into a per-token weight. `merge()` folds exactly what is per-token linear (the skip connection's
