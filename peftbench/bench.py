@@ -22,7 +22,7 @@ import torch
 
 from .data.cards import DatasetCard
 from .methods import MethodSpec, resolve_methods
-from .records import atomic_output, environment, write_json_atomic, write_text_atomic
+from .records import environment, write_csv_atomic, write_json_atomic, write_text_atomic
 from .runner import DEFAULTS
 from .sam import SAM_SPECS, build_sam
 from .segmenter import SamSegmenter
@@ -294,7 +294,6 @@ def write_bench(table: pd.DataFrame, meta: dict, out: Path) -> list[Path]:
               f"the same method under the first setting, all from this run. {note}\n\n")
     paths = [stem.with_suffix(".md"), stem.with_suffix(".csv"), stem.with_suffix(".json")]
     write_text_atomic(paths[0], header + table.to_markdown(index=False, floatfmt=".3g") + "\n")
-    with atomic_output(paths[1]) as f:
-        table.to_csv(f, index=False)
+    write_csv_atomic(paths[1], table)
     write_json_atomic(paths[2], {**meta, "rows": json.loads(table.to_json(orient="records"))})
     return paths

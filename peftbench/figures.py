@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import EngFormatter  # noqa: E402
 
-from .records import atomic_output, load_records  # noqa: E402
+from .records import atomic_output, load_records, write_csv_atomic  # noqa: E402
 
 
 def curves_frame(records: list[dict]) -> pd.DataFrame:
@@ -127,16 +127,14 @@ def write_figures(out: Path) -> list[Path]:
     curves = curves_frame(records)
     operations = operations_frame(records)
     figures.mkdir(parents=True, exist_ok=True)
-    with atomic_output(figures / "convergence.csv") as f:
-        curves.to_csv(f, index=False)
+    write_csv_atomic(figures / "convergence.csv", curves)
     written.append(figures / "convergence.csv")
     for dataset in curves["dataset"].unique():
         written += convergence_figure(records, dataset, figures / f"convergence_{dataset}")
         written += pareto_figure(records, dataset, figures / f"pareto_{dataset}")
     written += throughput_figure(records, figures / "throughput")
     if not operations.empty:
-        with atomic_output(figures / "operations.csv") as f:
-            operations.to_csv(f, index=False)
+        write_csv_atomic(figures / "operations.csv", operations)
         written.append(figures / "operations.csv")
         for dataset in operations["dataset"].unique():
             written += operations_figure(operations, dataset, figures / f"operations_{dataset}")

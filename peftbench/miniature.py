@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .methods import method_specs
-from .records import atomic_output, write_text_atomic
+from .records import write_csv_atomic, write_text_atomic
 from .report import LOWER_IS_BETTER, paired_t_p
 
 LORA_FAMILIES = {"lora", "conv_lora", "dora", "vera", "nas_lora"}
@@ -97,6 +97,5 @@ def write_miniature(records: list[dict], df: pd.DataFrame, folder: Path) -> list
             "moved it at least 0.01.")
     md, csv = folder / "miniature.md", folder / "miniature.csv"
     write_text_atomic(md, table.to_markdown(index=False, disable_numparse=True) + "\n\n" + note + "\n")
-    with atomic_output(csv) as f:
-        table.to_csv(f, index=False)
+    write_csv_atomic(csv, table)
     return [md, csv]

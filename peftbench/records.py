@@ -116,32 +116,39 @@ def write_text_atomic(path: Path, text: str) -> None:
         f.write(text)
 
 
+def write_csv_atomic(path: Path, frame) -> None:
+    """A pandas DataFrame as CSV (no index), written atomically."""
+    with atomic_output(path) as f:
+        frame.to_csv(f, index=False)
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     with atomic_output(path) as f:
         json.dump(data, f, indent=2, sort_keys=True, default=str)
 
 
-def read_record(path: Path) -> dict | None:
-    """The record at `path`, or None if there is none or it is unusable (see record_problem)."""
-    try:
-        record = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return record if _is_record(record) else None
-
-
-def record_problem(path: Path) -> str | None:
-    """Why the file at `path` is not a usable record (unreadable, not JSON, not a record); None if it is one or
-    there is no file (records are written atomically: a crash never leaves half of one)."""
+def load_record(path: Path) -> tuple[dict | None, str | None]:
+    """(the record at `path` or None, why the file there is not a usable record or None). No file: (None, None);
+    records are written atomically, so a crash never leaves half of one."""
     try:
         record = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        return None
+        return None, None
     except OSError as err:
-        return f"unreadable ({err.strerror})"
+        return None, f"unreadable ({err.strerror})"
     except ValueError as err:
-        return f"not valid JSON ({err})"
-    return None if _is_record(record) else "not a run record (no method, dataset, seed or metrics)"
+        return None, f"not valid JSON ({err})"
+    return (record, None) if _is_record(record) else (None, "not a run record (no method, dataset, seed or metrics)")
+
+
+def read_record(path: Path) -> dict | None:
+    """The record at `path`, or None if there is none or it is unusable (see load_record)."""
+    return load_record(path)[0]
+
+
+def record_problem(path: Path) -> str | None:
+    """Why the file at `path` is not a usable record; None if it is one or there is none (see load_record)."""
+    return load_record(path)[1]
 
 
 def _is_record(data) -> bool:

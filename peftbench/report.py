@@ -34,7 +34,7 @@ from scipy import stats as scipy_stats
 from .figures import write_figures
 from .methods import method_specs
 from .metrics import METRICS
-from .records import SEARCH_MARK, SEARCH_NOTE, atomic_output, load_records, set_label, unsearched, write_text_atomic
+from .records import SEARCH_MARK, SEARCH_NOTE, load_records, set_label, unsearched, write_csv_atomic, write_text_atomic
 
 REFERENCE_FILE = Path(__file__).parent / "reference" / "paper_results.csv"
 LOWER_IS_BETTER = {name for name, m in METRICS.items() if not m.higher_is_better} | {
@@ -412,8 +412,7 @@ def build_report(out: Path, reference: bool = False, warn: Callable[[str], None]
         for ext in ("md", "tex"):
             write_text_atomic(folder / f"{table.name}.{ext}", text[ext])
             written.append(folder / f"{table.name}.{ext}")
-        with atomic_output(folder / f"{table.name}.csv") as f:
-            stats.to_csv(f, index=False)
+        write_csv_atomic(folder / f"{table.name}.csv", stats)
         written.append(folder / f"{table.name}.csv")
     from .miniature import write_miniature  # deferred: it builds on this module
 

