@@ -22,10 +22,11 @@ import torch
 
 from peftbench.data import resolve_dataset
 from peftbench.data.loading import build_splits
+from peftbench.device import resolve_device
 from peftbench.methods import get_method
 from peftbench.records import environment
 from peftbench.runner import GridOptions, resolve_config
-from peftbench.train import build_model, resolve_device, train_run
+from peftbench.train import build_model, train_run
 
 
 def encoder_epoch_s(config: dict, card, spec) -> float:

@@ -26,11 +26,12 @@ from PIL import Image
 
 from peftbench.data import resolve_dataset
 from peftbench.data.loading import build_splits
+from peftbench.device import resolve_device
 from peftbench.methods import get_method
 from peftbench.records import environment
 from peftbench.runner import GridOptions, resolve_config
 from peftbench.speed import CachedEncoder, embedding_cache
-from peftbench.train import Optimization, build_model, resolve_device, seed_everything, training_loss
+from peftbench.train import Optimization, build_model, seed_everything, training_loss
 
 
 def write_as_files(card, size: int, folder: Path) -> Path:

@@ -21,13 +21,14 @@ import pandas as pd
 import torch
 
 from .data.cards import DatasetCard
+from .device import autocast, resolve_device, resolve_precision
 from .methods import MethodSpec, resolve_methods
 from .records import environment, write_csv_atomic, write_json_atomic, write_text_atomic
 from .runner import DEFAULTS
 from .sam import SAM_SPECS, build_sam
 from .segmenter import SamSegmenter
 from .speed import checkpoint_blocks, embedding_cache, encoder_is_frozen, use_sdpa
-from .train import Optimization, autocast, resolve_device, resolve_precision, training_loss
+from .train import Optimization, training_loss
 
 BINARY = DatasetCard(name="random", kind="binary", source="bench", description="random inputs", num_classes=1,
                      metrics=["iou"], select_metric="iou")
@@ -59,7 +60,7 @@ class BenchOptions:
     out: Path = Path("results/bench")  # not benchmarks/results/: a run must not overwrite the committed figures
     seed: int = 0
     one_at_a_time: bool = False
-    optimizer_kernel: str = "fused"  # see train.OPTIMIZER_KERNELS
+    optimizer_kernel: str = "fused"  # see device.OPTIMIZER_KERNELS
 
     def settings(self, device: torch.device) -> list[Setting]:
         precisions = dict.fromkeys(resolve_precision(p, device) for p in self.precisions)

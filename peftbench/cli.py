@@ -143,7 +143,7 @@ def _minutes(flag: str, value: str) -> int:
 def _cpu_policy(args: argparse.Namespace) -> tuple[int, int] | None:
     """(runs in parallel, torch threads per run) for a local grid training on the CPU (cpu.py); None otherwise."""
     from .cpu import available_cores, cpu_policy
-    from .train import resolve_device
+    from .device import resolve_device
 
     if args.executor != "local" or args.gpus or resolve_device(args.device).type != "cpu":
         return None
@@ -361,8 +361,8 @@ def _cmd_bench(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_pretrain_tiny(args: argparse.Namespace, console: Console) -> int:
+    from .device import resolve_device
     from .pretrain import PretrainConfig, pretrain, save_pretrained
-    from .train import resolve_device
 
     steps = {"steps": _positive_int("--steps", args.steps)} if args.steps is not None else {}
     config = PretrainConfig(seed=args.seed, device=resolve_device(args.device).type, **steps)

@@ -41,11 +41,12 @@ from typing import Protocol
 import torch
 
 from .data import DatasetCard
+from .device import resolve_device
 from .errors import UserError
 from .methods import MethodSpec
 from .records import config_hash, is_complete, read_record, record_path, write_json_atomic, write_text_atomic
 from .resume import claim, release
-from .train import resolve_device, train_run
+from .train import train_run
 
 ProgressCallback = Callable[[int, int, int, float], None]  # (epoch, step, steps_per_epoch, loss)
 

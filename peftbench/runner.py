@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .data import DatasetCard
 from .data.loading import AUGMENTATION
 from .data.prepare import file_digest
+from .device import resolve_device, resolve_precision
 from .errors import UserError
 from .executors import Executor, LocalExecutor, RunTask
 from .methods import MethodSpec
@@ -24,7 +25,6 @@ from .records import config_differences, config_hash, environment, is_complete, 
 from .report import build_report
 from .sam import spec_dict
 from .tables import write_tables
-from .train import resolve_device, resolve_precision
 
 DEFAULTS = {"batch_size": 4, "weight_decay": 1e-4, "grad_clip": 1.0, "patience": 10, "w_seg": 1.0, "w_cls": 1.0}
 
@@ -43,11 +43,11 @@ class GridOptions:
     epochs: int | None = None
     batch_size: int = DEFAULTS["batch_size"]
     micro_batch_size: int | None = None  # default: 1 on CUDA (as the Conv-LoRA harness), the whole batch on the CPU
-    precision: str = "auto"  # see train.resolve_precision
+    precision: str = "auto"  # see device.resolve_precision
     attention: str = "original"  # or "sdpa"
     checkpointing: bool = False
     cache_embeddings: bool = True
-    optimizer_kernel: str = "fused"  # see train.OPTIMIZER_KERNELS
+    optimizer_kernel: str = "fused"  # see device.OPTIMIZER_KERNELS
     inference: str = "auto"  # auto: merge exact merges; merged: also approximate ones; unmerged: never
     eval_resolution: str = "original"  # test metrics at the label's original size, or "input" (the model's)
     out: Path = Path("results")
