@@ -10,7 +10,7 @@ from torch import nn
 import peftbench
 from peftbench.data import build_splits, dataset_cards
 from peftbench.errors import UserError
-from peftbench.methods import FAMILIES, method_specs
+from peftbench.methods import method_specs
 from peftbench.methods.base import trainable_state
 from peftbench.methods.conv_lora import MoEConv
 from peftbench.methods.dora import DoRALinear
@@ -26,22 +26,6 @@ METHODS = list(method_specs())
 C_H = 1280  # vit_h width
 DECODER_H = 3_505_536  # trainable mask-decoder parameters on vit_h (paper: 3.51 M)
 
-# Which image-encoder parameters each family trains (regex on the name under image_encoder).
-ENCODER_TRAINABLE = {
-    "decoder_only": None,
-    "lora": r".*\.lora_[AB]",
-    "conv_lora": r".*\.(lora_[AB]|bottleneck\..*)",
-    "dora": r".*\.(lora\.lora_[AB]|magnitude)",
-    "vera": r".*\.lambda_[bd]",
-    "bitfit": r".*bias",
-    "vpt": r"blocks\.\d+\.prompts",
-    "sam_adapter": r"generator\..*",
-    "mona": r"blocks\.\d+\.mona_(attn|mlp)\..*",
-    "full_ft": r".*",
-    "nas_lora": r".*\.(lora_[AB]|bottleneck\..*)",
-}
-# Families whose adapter starts as the identity (zero-initialised B / lambda_b, or no new module at all).
-IDENTITY_AT_INIT = {"decoder_only", "lora", "conv_lora", "dora", "vera", "bitfit", "full_ft", "nas_lora"}
 
 
 def attached(tiny_segmenter, name, num_classes=1, seed=0):
@@ -58,10 +42,6 @@ def perturb_trainables(model, seed=1):
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn(p.shape, generator=gen))
-
-
-def test_every_family_has_its_expectations_listed():
-    assert set(ENCODER_TRAINABLE) == set(FAMILIES) and IDENTITY_AT_INIT <= set(FAMILIES)
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -103,7 +83,7 @@ def test_only_the_intended_parameters_receive_gradients(name, tiny_segmenter):
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert with_grad <= trainable
-    pattern = ENCODER_TRAINABLE[method.family]
+    pattern = type(method).encoder_trainable  # declared by the family
     encoder = {n.removeprefix("image_encoder.") for n in trainable if n.startswith("image_encoder.")}
     expected = {n for n, _ in model.image_encoder.named_parameters() if pattern and re.fullmatch(pattern, n)}
     assert encoder == expected and (pattern is None or expected)
@@ -116,12 +96,12 @@ def test_only_the_intended_parameters_receive_gradients(name, tiny_segmenter):
 @pytest.mark.parametrize("name", METHODS)
 def test_adapters_defined_as_identity_at_init_leave_outputs_unchanged(name, tiny_segmenter):
     x = torch.randn(2, 3, 64, 64)
-    model, _ = attached(tiny_segmenter, name)
+    model, method = attached(tiny_segmenter, name)
     plain = tiny_segmenter()
     model.eval(), plain.eval()
     with torch.no_grad():
         gap = (model(x)["mask_logits"] - plain(x)["mask_logits"]).abs().max().item()
-    if name in IDENTITY_AT_INIT or method_specs()[name].family in IDENTITY_AT_INIT:
+    if type(method).identity_at_init:  # declared by the family
         assert gap < 1e-5
     else:
         assert gap > 1e-6  # prompts / adapters are random at init, as their references
@@ -338,7 +318,8 @@ def test_variants_inherit_their_base_and_a_missing_base_is_a_clear_error(tmp_pat
     (tmp_path / "lora.toml").write_text('family = "lora"\n[hparams]\nrank = 3\nalpha = 32\n[paper]\nparams_m = 4.0\n')
     (tmp_path / "ablations" / "lora_r8.toml").write_text('base = "lora"\nablation = "T"\n[hparams]\nrank = 8\n')
     specs = method_specs(tmp_path)
-    assert specs["lora_r8"].hparams == {"rank": 8, "alpha": 32} and specs["lora_r8"].family == "lora"
+    assert specs["lora_r8"].config.rank == 8 and specs["lora_r8"].config.alpha == 32
+    assert specs["lora_r8"].family == "lora" and specs["lora_r8"].baseline == "lora"
     assert specs["lora_r8"].ablation == "T" and specs["lora_r8"].paper == {}
     (tmp_path / "ablations" / "bad.toml").write_text('base = "nope"\n')
     with pytest.raises(UserError, match="base method 'nope'"):

@@ -70,8 +70,8 @@ def test_merge_is_exact_without_spatial_operations_and_measured_otherwise():
 
 def test_step_plan_follows_start_epoch_and_n1_n2():
     spec = method_specs()["nas_pc_lora"]
-    method = dataclasses.replace(spec, hparams={**spec.hparams, "arch_start": "1/2", "weight_steps": 2,
-                                                "arch_steps": 1}).build()
+    method = dataclasses.replace(spec, config=dataclasses.replace(spec.config, arch_start="1/2", weight_steps=2,
+                                                                  arch_steps=1)).build()
     assert method.schedule(4, 4)["arch_start_epoch"] == 2
     assert method.step_plan(1, 0) == [["weights"]]
     assert [method.step_plan(2, s) for s in range(4)] == [[["arch"], ["weights"]], [["weights"]],
@@ -145,7 +145,7 @@ def test_a_six_epoch_run_searches_and_the_record_says_so():
 
 def test_alpha_gets_gradients_only_in_architecture_steps_and_weights_only_in_weight_steps(monkeypatch):
     spec = method_specs()["nas_pc_lora"]
-    spec = dataclasses.replace(spec, hparams={**spec.hparams, "arch_start": "1/2", "weight_steps": 2})
+    spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, arch_start="1/2", weight_steps=2))
     card = dataset_cards()["synth_road"]
     config = resolve_config(spec, card, 0, GridOptions(device="cpu", epochs=2))
     events = []

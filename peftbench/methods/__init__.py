@@ -1,7 +1,17 @@
 """Importing this package registers every adapter family."""
 
 from . import bitfit, conv_lora, decoder_only, dora, full_ft, lora, mona, nas_lora, sam_adapter, vera, vpt  # noqa: F401
-from .base import Method
-from .registry import FAMILIES, MethodSpec, adapt, get_method, method_specs, register_family, resolve_methods
+from .base import Method, MethodConfig, TargetedConfig
+from .registry import (
+    FAMILIES,
+    MethodSpec,
+    adapt,
+    get_method,
+    method_specs,
+    read_method,
+    register_family,
+    resolve_methods,
+)
 
-__all__ = ["FAMILIES", "Method", "MethodSpec", "adapt", "get_method", "method_specs", "register_family", "resolve_methods"]
+__all__ = ["FAMILIES", "Method", "MethodConfig", "MethodSpec", "TargetedConfig", "adapt", "get_method", "method_specs",
+           "read_method", "register_family", "resolve_methods"]

@@ -11,13 +11,24 @@ A method is attached to a model in place. The trainer then only talks to it thro
   - `extra_loss(model)`: an optional term added to the task loss (e.g. a load-balancing loss);
   - `merge(model)`: fold the adapter into the frozen weights; `merge_kind` says how faithful that is;
   - `milestones()` and `statistics(model, steps)`: schedule epochs to mark on plots, and what to store about the
-    learned adapter in the run record (e.g. NAS-LoRA's operation distribution and whether its search engaged).
+    learned adapter in the run record (e.g. NAS-LoRA's operation distribution and whether its search engaged);
+  - `lr_multipliers()`: each group's learning rate as a multiple of the card's (LoRA+: B at 16x);
+  - `after_backward(model, step, total_steps)`: called once per optimizer step with the gradients in place
+    (unscaled and clipped), before the update (e.g. AdaLoRA's rank allocation reads them).
+Its hyper-parameters are a frozen dataclass (`config_class`, as peft's `LoraConfig`): the defaults live there and
+only there, and a key the dataclass does not have is an error naming the file and the key. What the registry tests
+check about a family is declared beside it (`encoder_trainable`, `identity_at_init`), so they cover a new family.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import re
+import types
+import typing
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -25,19 +36,87 @@ from torch import nn
 from ..errors import UserError
 
 
+@dataclass(frozen=True)
+class MethodConfig:
+    """A family's hyper-parameters: subclasses are frozen dataclasses whose fields have the defaults."""
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str) -> MethodConfig:
+        """The config of a TOML `[hparams]` table (or keyword overrides); an unknown key, a value of the wrong type
+        or an invalid value (the dataclass's `__post_init__` raises ValueError) is a UserError naming `source`."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in fields:
+                close = difflib.get_close_matches(key, fields, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise UserError(f"{source}: unknown hyper-parameter {key!r}; {hint}"
+                                f"{cls.__name__} has {', '.join(sorted(fields)) or 'none'}")
+        hints = typing.get_type_hints(cls)
+        checked = {key: _typed(value, hints[key], f"{source}: hyper-parameter {key!r}") for key, value in values.items()}
+        try:
+            return cls(**checked)
+        except ValueError as err:
+            raise UserError(f"{source}: {err}") from None
+
+    def as_dict(self) -> dict:
+        """Every field, defaults filled in (what a run record stores)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class TargetedConfig(MethodConfig):
+    """Where a module-wrapping adapter goes: the Linear modules named by `targets` (a name, a dotted suffix or a
+    regular expression, as peft's `target_modules`) under `scope` (empty: anywhere in the model)."""
+
+    targets: tuple[str, ...] = ("attn.qkv",)
+    scope: str = "image_encoder"
+
+
+def _typed(value, hint, where: str):
+    """`value` checked against the annotation `hint` (bool, int, float, str, tuple[X, ...] and unions of them);
+    lists become tuples (the config is frozen); an int is a valid float and is kept as given."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return _typed(value, option, where)
+            except UserError:
+                continue
+    elif origin is tuple and isinstance(value, (list, tuple)):
+        return tuple(_typed(v, args[0], where) for v in value)
+    elif hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    elif hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif hint in (bool, str) and isinstance(value, hint):
+        return value
+    name = getattr(hint, "__name__", None) if origin is None else None
+    raise UserError(f"{where}: expected {name or str(hint).replace('typing.', '')}, got {value!r}")
+
+
 class Method:
-    """Base class of a PEFT method. Subclasses set `family` and implement `attach`."""
+    """Base class of a PEFT method. Subclasses set `family` and `config_class` and implement `attach`."""
 
     family: str = ""
+    config_class: type[MethodConfig] = MethodConfig
     # "exact": merge() leaves the plain SAM architecture with outputs equal up to float rounding;
     # "approximate": merge() folds what folds exactly and approximates the rest (the harness measures the gap);
     # "none": the adapter must run at inference (prompts, adapters, input-dependent experts).
     merge_kind: str = "none"
+    # How reports group it: "PEFT", or "Non-PEFT" (full fine-tuning); `lineage` "lora" marks the LoRA family
+    # (adapters of the form W + B g(A x)); the report reads both from the run record, never from this class.
+    group: str = "PEFT"
+    lineage: str = ""
+    # Declared for the registry tests: the image-encoder parameters it trains (regex on the name under
+    # image_encoder; None: none) and whether the model is unchanged before training.
+    encoder_trainable: str | None = None
+    identity_at_init: bool = False
+    needs_sam: bool = False  # it changes SAM's image encoder itself (`model.image_encoder`), not target modules
 
-    def __init__(self, targets: list[str] | None = None, scope: str = "", **hparams) -> None:
-        self.targets = list(targets or [])
-        self.scope = scope
-        self.hparams = hparams
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        self.config = config if config is not None else self.config_class()
+        if not isinstance(self.config, self.config_class):
+            raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, not {type(config).__name__}")
 
     def attach(self, model: nn.Module) -> nn.Module:
         """Insert the adapter into `model` (in place) and return it."""
@@ -74,6 +153,15 @@ class Method:
 
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
         return None
+
+    def lr_multipliers(self) -> dict[str, float]:
+        """{group: learning rate as a multiple of the card's (or of the group's own `[train.group_optim]` lr)};
+        groups not named keep 1."""
+        return {}
+
+    def after_backward(self, model: nn.Module, step: int, total_steps: int) -> None:
+        """Called once per optimizer step (`step` counts from 0 over the run, of `total_steps`), after backward
+        with the gradients unscaled and clipped, before the optimizer updates the weights."""
 
     def merge(self, model: nn.Module) -> nn.Module:
         """Fold the adapter into frozen weights, leaving plain modules behind.

@@ -14,12 +14,14 @@ Not mergeable: the experts mix neighbouring tokens and depend on the input throu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import Method, replace_targets
-from .lora import LoRALinear, from_map, rank_alpha, to_map
+from .lora import LoRAConfig, LoRALinear, from_map, to_map
 from .registry import register_family
 
 
@@ -94,17 +96,32 @@ class MoEConv(nn.Module):
         return from_map(out, z)
 
 
+@dataclass(frozen=True)
+class ConvLoRAConfig(LoRAConfig):
+    """LoRA's, plus the number of convolution experts (expert i upsamples by i) and the load-balancing weight."""
+
+    num_experts: int = 8
+    loss_coef: float = 0.01
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_experts < 1:
+            raise ValueError(f"num_experts must be at least 1, not {self.num_experts}")
+
+
 @register_family
 class ConvLoRA(Method):
     family = "conv_lora"
+    config_class = ConvLoRAConfig
     merge_kind = "none"
+    lineage = "lora"
+    encoder_trainable = r".*\.(lora_[AB]|bottleneck\..*)"
+    identity_at_init = True
 
     def attach(self, model: nn.Module) -> nn.Module:
-        rank, alpha = rank_alpha(self.hparams)
-        experts = int(self.hparams.get("num_experts", 8))
-        coef = float(self.hparams.get("loss_coef", 1e-2))
-        replace_targets(model, self.targets or ["qkv"], self.scope,
-                        lambda m: LoRALinear(m, rank, alpha, MoEConv(rank, experts, coef)))
+        c = self.config
+        replace_targets(model, list(c.targets), c.scope,
+                        lambda m: LoRALinear(m, c.rank, c.alpha, MoEConv(c.rank, c.num_experts, c.loss_coef)))
         return model
 
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:

@@ -10,6 +10,7 @@ from .registry import register_family
 class DecoderOnly(Method):
     family = "decoder_only"
     merge_kind = "exact"  # nothing to fold: inference runs the plain SAM
+    identity_at_init = True
 
     def attach(self, model: nn.Module) -> nn.Module:
         return model

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Method, merge_wrappers, replace_targets
-from .lora import LoRALinear, rank_alpha
+from .lora import LoRAConfig, LoRALinear
 from .registry import register_family
 
 
@@ -57,11 +57,15 @@ class DoRALinear(nn.Module):
 @register_family
 class DoRA(Method):
     family = "dora"
+    config_class = LoRAConfig
     merge_kind = "exact"
+    lineage = "lora"
+    encoder_trainable = r".*\.(lora\.lora_[AB]|magnitude)"
+    identity_at_init = True
 
     def attach(self, model: nn.Module) -> nn.Module:
-        rank, alpha = rank_alpha(self.hparams)
-        replace_targets(model, self.targets or ["qkv"], self.scope, lambda m: DoRALinear(m, rank, alpha))
+        c = self.config
+        replace_targets(model, list(c.targets), c.scope, lambda m: DoRALinear(m, c.rank, c.alpha))
         return model
 
     def merge(self, model: nn.Module) -> nn.Module:

@@ -14,6 +14,10 @@ from .registry import register_family
 class FullFineTuning(Method):
     family = "full_ft"
     merge_kind = "exact"
+    group = "Non-PEFT"
+    encoder_trainable = r".*"
+    identity_at_init = True
+    needs_sam = True
 
     def attach(self, model: nn.Module) -> nn.Module:
         model.image_encoder.requires_grad_(True)

@@ -9,11 +9,12 @@ cell): those families are LoRA plus a bottleneck module, nothing else.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .base import Method, merge_wrappers, replace_targets
+from .base import Method, TargetedConfig, merge_wrappers, replace_targets
 from .registry import register_family
 
 
@@ -75,18 +76,30 @@ def from_map(maps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return maps.permute(0, 2, 3, 1).reshape(like.shape)
 
 
-def rank_alpha(hparams: dict) -> tuple[int, float]:
-    return int(hparams.get("rank", 3)), float(hparams.get("alpha", 32))
+@dataclass(frozen=True)
+class LoRAConfig(TargetedConfig):
+    """Rank r of A (r x in) and B (out x r); the update is scaled by alpha / r."""
+
+    rank: int = 3
+    alpha: float = 32
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"rank must be at least 1, not {self.rank}")
 
 
 @register_family
 class LoRA(Method):
     family = "lora"
+    config_class = LoRAConfig
     merge_kind = "exact"
+    lineage = "lora"
+    encoder_trainable = r".*\.lora_[AB]"
+    identity_at_init = True
 
     def attach(self, model: nn.Module) -> nn.Module:
-        rank, alpha = rank_alpha(self.hparams)
-        replace_targets(model, self.targets or ["qkv"], self.scope, lambda m: LoRALinear(m, rank, alpha))
+        c = self.config
+        replace_targets(model, list(c.targets), c.scope, lambda m: LoRALinear(m, c.rank, c.alpha))
         return model
 
     def merge(self, model: nn.Module) -> nn.Module:

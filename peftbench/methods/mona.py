@@ -16,12 +16,14 @@ keep the reference module. Not mergeable (LayerNorm, GELU and convolutions in a 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling.image_encoder import Block
 from torch import nn
 
-from .base import Method, replace_module
+from .base import Method, MethodConfig, replace_module
 from .registry import register_family
 from .vit import attention_branch
 
@@ -67,14 +69,21 @@ class MonaBlock(nn.Module):
         return self.mona_mlp(x + self.block.mlp(self.block.norm2(x)))
 
 
+@dataclass(frozen=True)
+class MonaConfig(MethodConfig):
+    bottleneck: int = 64  # width of each Mona's down/up projection
+
+
 @register_family
 class MonaAdapter(Method):
     family = "mona"
+    config_class = MonaConfig
     merge_kind = "none"
+    encoder_trainable = r"blocks\.\d+\.mona_(attn|mlp)\..*"
+    needs_sam = True
 
     def attach(self, model: nn.Module) -> nn.Module:
         blocks = model.image_encoder.blocks
-        bottleneck = int(self.hparams.get("bottleneck", 64))
         for i, block in enumerate(blocks):
-            replace_module(blocks, str(i), MonaBlock(block, bottleneck))
+            replace_module(blocks, str(i), MonaBlock(block, self.config.bottleneck))
         return model

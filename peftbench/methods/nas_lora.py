@@ -44,13 +44,14 @@ exact (unmerged) model unless asked otherwise and records how far the merged one
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from fractions import Fraction
 
 import torch
 from torch import nn
 
 from .base import Method, merge_wrappers, replace_targets
-from .lora import LoRALinear, from_map, rank_alpha, to_map
+from .lora import LoRAConfig, LoRALinear, from_map, to_map
 from .registry import register_family
 
 # The paper's architecture-search budget: ISIC 2017, 2,000 training images at batch 4 for 20 search epochs.
@@ -123,18 +124,52 @@ class NASCell(nn.Module):
         return diag
 
 
+@dataclass(frozen=True)
+class NASLoRAConfig(LoRAConfig):
+    """LoRA's, plus the cell (searched share of the rank, candidate operations, encoder blocks) and the stage-wise
+    schedule: the architecture start as a fraction of the epochs, `arch_steps` architecture steps before every
+    `weight_steps` weight steps, or both together when `simultaneous` (see the module doc)."""
+
+    channel_ratio: float = 1.0
+    operations: tuple[str, ...] = OPERATIONS
+    blocks: str | tuple[int, ...] = "all"
+    arch_start: str = "10/30"
+    weight_steps: int = 1
+    arch_steps: int = 1
+    simultaneous: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.channel_ratio <= 1:
+            raise ValueError(f"channel_ratio {self.channel_ratio} must be in [0, 1]")
+        unknown = [o for o in self.operations if o not in OPERATIONS]
+        if unknown or not self.operations:
+            raise ValueError(f"operations {list(self.operations)}: choose among {', '.join(OPERATIONS)}")
+        try:
+            fraction = Fraction(self.arch_start)
+        except ValueError:
+            raise ValueError(f"arch_start {self.arch_start!r} is not a fraction such as \"10/30\"") from None
+        if not 0 <= fraction < 1:
+            raise ValueError(f"arch_start {self.arch_start} must be a fraction of the epochs in [0, 1)")
+        if self.weight_steps < 1 or self.arch_steps < 1:
+            raise ValueError("weight_steps and arch_steps must be at least 1")
+
+
 @register_family
 class NASLoRA(Method):
     family = "nas_lora"
+    config_class = NASLoRAConfig
     merge_kind = "approximate"
+    lineage = "lora"
+    encoder_trainable = r".*\.(lora_[AB]|bottleneck\..*)"
+    identity_at_init = True
 
     def attach(self, model: nn.Module) -> nn.Module:
-        rank, alpha = rank_alpha(self.hparams)
-        operations = tuple(self.hparams.get("operations", OPERATIONS))
-        searched = round(float(self.hparams.get("channel_ratio", 1.0)) * rank)
-        replace_targets(model, self.targets or ["qkv"], self.scope,
-                        lambda m: LoRALinear(m, rank, alpha, NASCell(rank, searched, operations)),
-                        blocks=self.hparams.get("blocks", "all"))
+        c = self.config
+        searched = round(c.channel_ratio * c.rank)
+        replace_targets(model, list(c.targets), c.scope,
+                        lambda m: LoRALinear(m, c.rank, c.alpha, NASCell(c.rank, searched, c.operations)),
+                        blocks=c.blocks if isinstance(c.blocks, str) else list(c.blocks))
         return model
 
     def parameter_groups(self, model: nn.Module) -> dict[str, list[nn.Parameter]]:
@@ -144,16 +179,13 @@ class NASLoRA(Method):
 
     def start_epoch(self, epochs: int) -> int:
         """The first epoch with architecture updates: round(arch_start * epochs), halves up (see the module doc)."""
-        fraction = Fraction(str(self.hparams.get("arch_start", "10/30")))
-        if not 0 <= fraction < 1:
-            raise ValueError(f"arch_start {fraction} must be a fraction of the epochs in [0, 1)")
-        return math.floor(fraction * epochs + Fraction(1, 2))
+        return math.floor(Fraction(self.config.arch_start) * epochs + Fraction(1, 2))
 
     def check_schedule(self, epochs: int) -> str | None:
         start = self.start_epoch(epochs)
         if start >= epochs:
             return (f"the architecture search would take no step (it starts at epoch {start + 1} = "
-                    f"{self.hparams.get('arch_start', '10/30')} of {epochs} epochs); give more --epochs")
+                    f"{self.config.arch_start} of {epochs} epochs); give more --epochs")
         return None
 
     def schedule(self, epochs: int, steps_per_epoch: int) -> dict:
@@ -161,12 +193,11 @@ class NASLoRA(Method):
         if problem:
             raise ValueError(problem)
         self.arch_start_epoch = self.start_epoch(epochs)
-        simultaneous = self.hparams.get("simultaneous", False)
-        weight_steps, arch_steps = int(self.hparams.get("weight_steps", 1)), int(self.hparams.get("arch_steps", 1))
-        per_epoch = steps_per_epoch if simultaneous else arch_steps * -(-steps_per_epoch // weight_steps)
+        c = self.config
+        per_epoch = steps_per_epoch if c.simultaneous else c.arch_steps * -(-steps_per_epoch // c.weight_steps)
         planned = (epochs - self.arch_start_epoch) * per_epoch
         reference = ARCH_REFERENCE_STEPS
-        return {"arch_start": str(self.hparams.get("arch_start", "10/30")), "arch_start_epoch": self.arch_start_epoch,
+        return {"arch_start": c.arch_start, "arch_start_epoch": self.arch_start_epoch,
                 "search_epochs": epochs - self.arch_start_epoch, "arch_steps_planned": planned,
                 "arch_reference_steps": reference, "lr_scale": {"arch": reference / planned}}
 
@@ -175,9 +206,9 @@ class NASLoRA(Method):
             raise RuntimeError("NAS-LoRA's schedule() must resolve the architecture start before step_plan()")
         if epoch < self.arch_start_epoch:
             return [["weights"]]
-        if self.hparams.get("simultaneous", False):
+        if self.config.simultaneous:
             return [["weights", "arch"]]
-        plan = [["arch"]] * int(self.hparams.get("arch_steps", 1)) if step % int(self.hparams.get("weight_steps", 1)) == 0 else []
+        plan = [["arch"]] * self.config.arch_steps if step % self.config.weight_steps == 0 else []
         return plan + [["weights"]]
 
     def selectable(self, epoch: int) -> bool:

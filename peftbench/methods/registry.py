@@ -1,11 +1,19 @@
 """Method registry: adapter families (Python classes) and registered methods (one TOML file each in methods/).
 
-A family is the code (`lora`); a method is a family plus hyper-parameters (`methods/lora.toml`: rank 3, alpha 32).
-Adding a variant for an ablation is adding a TOML file; adding a family is one module with `@register_family`.
+A family is the code (`lora`, with its typed config `LoRAConfig`); a method is a family plus hyper-parameters
+(`methods/lora.toml`: rank 3, alpha 32). Adding a variant for an ablation is adding a TOML file; adding a family is
+one module with `@register_family`, or, without touching peftbench, a TOML whose `family = "my_module:MyMethod"`
+names an importable `Method` subclass (`--methods path/to/my_method.toml`). Every key of a method file is checked:
+a misspelled one is an error naming the file and the key, never a silently ignored setting.
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import importlib.util
+import os
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,42 +22,100 @@ from torch import nn
 
 from ..errors import UserError
 from ..paths import METHODS_DIR
+from .base import Method, MethodConfig
 
-FAMILIES: dict[str, type] = {}
+FAMILIES: dict[str, type[Method]] = {}
 BACKBONES = ("pretrained", "random")
+# Every key a method file may hold; [train] and [train.group_optim.<group>] and [paper] are checked too.
+FILE_KEYS = ("family", "description", "hparams", "train", "paper", "ablation", "baseline", "backbone", "control", "base")
+TRAIN_KEYS = ("lr", "epochs", "group_optim")
+GROUP_OPTIM_KEYS = ("optimizer", "lr", "weight_decay", "betas", "schedule")
+PAPER_KEYS = ("params_m", "params_note")
 
 
-def register_family(cls: type) -> type:
+def register_family(cls: type[Method]) -> type[Method]:
     if cls.family in FAMILIES:
         raise ValueError(f"adapter family {cls.family!r} registered twice")
     FAMILIES[cls.family] = cls
     return cls
 
 
+def family_class(family: str, source: str = "") -> type[Method]:
+    """The class of a registered family, or of a plug-in named "module:Class" (imported; a module file beside the
+    method's TOML `source` is found too)."""
+    if family in FAMILIES:
+        return FAMILIES[family]
+    where = f"{source}: " if source else ""
+    if not isinstance(family, str) or ":" not in family:
+        raise UserError(f"{where}family {family!r} is not one of {', '.join(sorted(FAMILIES))}, nor a plug-in "
+                        "'module:Class'")
+    module_name, _, attr = family.partition(":")
+    _make_importable(module_name, Path(source).parent if source else None)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise UserError(f"{where}family {family!r}: cannot import module {module_name!r} ({err})") from None
+    cls = getattr(module, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise UserError(f"{where}family {family!r}: {module_name} has no peftbench Method subclass {attr!r}")
+    return cls
+
+
+def _make_importable(module_name: str, folder: Path | None) -> None:
+    """Put `folder` on the import path when it holds the plug-in module and nothing else provides it; exported in
+    PYTHONPATH too, so that the processes runs train in import it as well."""
+    top = module_name.split(".")[0]
+    if folder is None or importlib.util.find_spec(top) is not None:
+        return
+    if (folder / f"{top}.py").is_file() or (folder / top / "__init__.py").is_file():
+        path = str(folder.resolve())
+        sys.path.insert(0, path)
+        os.environ["PYTHONPATH"] = os.pathsep.join([path, *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
 @dataclass(frozen=True)
 class MethodSpec:
-    """One registered method, read from methods/<name>.toml (or methods/ablations/<name>.toml)."""
+    """One registered method, read from methods/<name>.toml (or methods/ablations/<name>.toml, or a user's file)."""
 
     name: str
     family: str
     description: str
-    hparams: dict = field(default_factory=dict)  # passed to the family's constructor
+    config: MethodConfig  # the family's typed hyper-parameters, defaults filled in
     train: dict = field(default_factory=dict)  # overrides of the dataset's training settings (e.g. lr)
     paper: dict = field(default_factory=dict)  # what the NAS-LoRA paper reports: params_m (vit_h), params_note
     ablation: str = ""  # the paper table this variant belongs to; empty for a main method
+    baseline: str = ""  # the method this one is compared with (a variant's base; NAS-LoRA's LoRA)
     backbone: str = "pretrained"  # or "random": the same SAM architecture at a fixed random initialisation
     control: bool = False  # an experiment's control, not a method of the paper: left out of --methods all
+    source: str = ""  # the TOML file
 
-    def build(self):
-        return FAMILIES[self.family](**self.hparams)
+    @property
+    def family_class(self) -> type[Method]:
+        return family_class(self.family, self.source)
+
+    @property
+    def hparams(self) -> dict:
+        return self.config.as_dict()
+
+    def build(self) -> Method:
+        return self.family_class(self.config)
 
     @property
     def merge_kind(self) -> str:
-        return FAMILIES[self.family].merge_kind
+        return self.family_class.merge_kind
 
     def as_dict(self) -> dict:
+        """What a run's config holds of the method (and hashes)."""
         return {"name": self.name, "family": self.family, "hparams": self.hparams, "train": self.train,
                 "backbone": self.backbone}
+
+    def info(self) -> dict:
+        """What reports need to know about the method, stored in every run record beside (not in) the config, so
+        that a report of archived runs never depends on today's registry."""
+        cls = self.family_class
+        return {"name": self.name, "family": self.family, "description": self.description, "group": cls.group,
+                "lineage": cls.lineage or self.family, "ablation": self.ablation, "baseline": self.baseline,
+                "backbone": self.backbone, "control": self.control, "merge_kind": cls.merge_kind}
 
 
 def _merged(base: dict, override: dict) -> dict:
@@ -60,30 +126,51 @@ def _merged(base: dict, override: dict) -> dict:
     return out
 
 
+def _unknown(keys, known, where: str) -> None:
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UserError(f"{where}: unknown key {key!r}; {hint}expected one of {', '.join(known)}")
+
+
 def _read_toml(path: Path, directory: Path) -> dict:
     try:
         data = tomllib.loads(path.read_text())
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the method file ({err.strerror})") from None
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"{path}: invalid TOML ({err})") from None
+    _unknown(data, FILE_KEYS, str(path))
     if "base" in data:  # a variant: the base method's file with this file's keys on top
-        base_path = directory / f"{data['base']}.toml"
-        if not base_path.is_file():
-            raise UserError(f"{path}: base method {data['base']!r} has no file {base_path}")
-        base = {k: v for k, v in _read_toml(base_path, directory).items() if k != "paper"}
-        data = _merged(base, {k: v for k, v in data.items() if k != "base"})
+        candidates = [path.parent / f"{data['base']}.toml", directory / f"{data['base']}.toml"]
+        base_path = next((p for p in candidates if p.is_file()), None)
+        if base_path is None:
+            raise UserError(f"{path}: base method {data['base']!r} has no file {candidates[0]}")
+        base = {k: v for k, v in _read_toml(base_path, directory).items() if k not in ("paper", "baseline")}
+        data = {**_merged(base, {k: v for k, v in data.items() if k != "base"}),
+                "baseline": data.get("baseline", data["base"])}
     return data
 
 
-def _read_spec(path: Path, directory: Path) -> MethodSpec:
+def read_method(path: Path, directory: Path = METHODS_DIR) -> MethodSpec:
+    """The method of one TOML file (a variant's `base` is looked up beside it, then in `directory`)."""
+    path = Path(path)
     data = _read_toml(path, directory)
     family = data.get("family")
-    if family not in FAMILIES:
-        raise UserError(f"{path}: family {family!r} is not one of {', '.join(sorted(FAMILIES))}")
+    cls = family_class(family, str(path))
+    train = data.get("train", {})
+    _unknown(train, TRAIN_KEYS, f"{path}: [train]")
+    for group, settings in train.get("group_optim", {}).items():
+        _unknown(settings, GROUP_OPTIM_KEYS, f"{path}: [train.group_optim.{group}]")
+    _unknown(data.get("paper", {}), PAPER_KEYS, f"{path}: [paper]")
     backbone = data.get("backbone", "pretrained")
     if backbone not in BACKBONES:
         raise UserError(f"{path}: backbone must be one of {', '.join(BACKBONES)}, not {backbone!r}")
-    return MethodSpec(path.stem, family, data.get("description", ""), data.get("hparams", {}), data.get("train", {}),
-                      data.get("paper", {}), data.get("ablation", ""), backbone, bool(data.get("control", False)))
+    config = cls.config_class.from_dict(data.get("hparams", {}), f"{path}: [hparams]")
+    return MethodSpec(path.stem, family, data.get("description", ""), config, train, data.get("paper", {}),
+                      data.get("ablation", ""), data.get("baseline", ""), backbone, bool(data.get("control", False)),
+                      str(path))
 
 
 def method_specs(directory: Path = METHODS_DIR) -> dict[str, MethodSpec]:
@@ -91,20 +178,33 @@ def method_specs(directory: Path = METHODS_DIR) -> dict[str, MethodSpec]:
     (methods/ablations/*.toml)."""
     paths = sorted(directory.glob("*.toml")) + sorted(directory.glob("ablations/*.toml"))
     if not paths:
-        raise UserError(f"{directory}: no method files (*.toml); run from the peftbench checkout (pip install -e .) "
-                        "or set PEFTBENCH_ROOT to it")
+        raise UserError(f"{directory}: no method files (*.toml); reinstall peftbench or set PEFTBENCH_ROOT to a "
+                        "checkout")
     specs: dict[str, MethodSpec] = {}
     for path in paths:
         if path.stem in specs:
             raise UserError(f"{path}: method name {path.stem!r} is registered twice")
-        specs[path.stem] = _read_spec(path, directory)
+        specs[path.stem] = read_method(path, directory)
     return specs
 
 
+def is_method_file(arg: str) -> bool:
+    return arg.endswith(".toml")
+
+
 def get_method(name: str) -> MethodSpec:
+    """A registered method by name, or a user's method file (a path ending in .toml)."""
     specs = method_specs()
+    if is_method_file(name):
+        path = Path(name)
+        if not path.is_file():
+            raise UserError(f"--methods {name}: no such method file")
+        if path.stem in specs and path.resolve() != Path(specs[path.stem].source).resolve():
+            raise UserError(f"--methods {name}: a registered method is named {path.stem!r}; rename the file")
+        return read_method(path)
     if name not in specs:
-        raise UserError(f"--methods: unknown method {name!r}; registered: {', '.join(specs)} (see `peftbench methods`)")
+        raise UserError(f"--methods: unknown method {name!r}; registered: {', '.join(specs)} (see `peftbench methods`)"
+                        " or give a method file path/to/name.toml")
     return specs[name]
 
 
@@ -116,8 +216,8 @@ MINIATURE = ["decoder_only_random", "decoder_only", "lora", "nas_pc_lora"]
 
 
 def resolve_methods(arg: str) -> list[MethodSpec]:
-    """Parse a --methods value: comma-separated names, 'all' (the paper's main methods), 'ablations' (every
-    variant) or 'miniature' (the default run's methods, MINIATURE, controls included)."""
+    """Parse a --methods value: comma-separated names or method files (path/to/name.toml), 'all' (the paper's
+    main methods), 'ablations' (every variant) or 'miniature' (the default run's methods, controls included)."""
     keyword = arg.strip()
     if keyword in ("all", "ablations"):
         return [s for s in method_specs().values()
@@ -130,24 +230,30 @@ def resolve_methods(arg: str) -> list[MethodSpec]:
     return [get_method(n) for n in names]
 
 
-def adapt(module: nn.Module, method: str, targets: list[str] | None = None, **hparams):
+def adapt(module: nn.Module, method: str, targets: list[str] | None = None, **hparams) -> Method:
     """Apply a registered method (or bare family) to any module by target module names, in place.
 
     Example: `peftbench.adapt(block, "lora", targets=["qkv"], rank=3, alpha=32)`.
-    Keyword arguments override the method's TOML hyper-parameters. Returns the attached method object
-    (for `parameter_groups`, `extra_loss` and `merge`).
+    Keyword arguments override the method's hyper-parameters (checked as a method file's are). Returns the attached
+    method object (for `parameter_groups`, `extra_loss` and `merge`). A method that rebuilds SAM's image encoder
+    (VPT, Mona, SAM-Adapter, full fine-tuning) needs a SAM model (a module with `image_encoder`).
     """
     specs = method_specs()
-    if method in specs:
-        base = dict(specs[method].hparams)
-        family = specs[method].family
+    if method in specs or is_method_file(method):
+        spec = get_method(method)
+        cls, base = spec.family_class, spec.hparams
     elif method in FAMILIES:
-        base, family = {}, method
+        cls, base = FAMILIES[method], {}
     else:
         raise UserError(f"unknown method {method!r}; registered: {', '.join(specs)}")
-    base.pop("scope", None)  # a bare module has no SAM scope
-    if targets is not None:
-        base["targets"] = targets
-    adapter = FAMILIES[family](**{**base, **hparams})
+    if cls.needs_sam and not hasattr(module, "image_encoder"):
+        raise UserError(f"{method} changes SAM's image encoder itself, so it needs a SAM model (a module with an "
+                        f"image_encoder, e.g. peftbench's SamSegmenter), not a {type(module).__name__}")
+    overrides = dict(hparams, **({"targets": targets} if targets is not None else {}))
+    scope = overrides.get("scope", base.get("scope"))
+    if scope and "scope" not in overrides and scope not in dict(module.named_modules()):
+        overrides["scope"] = ""  # a bare module (a block, a Linear) has no SAM scope: search all of it
+    config = cls.config_class.from_dict({**base, **overrides}, f"peftbench.adapt({method!r})")
+    adapter = cls(config)
     adapter.attach(module)
     return adapter

@@ -18,13 +18,14 @@ described module with C' = C/32 does not reach. Not mergeable: the prompt depend
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT
 from torch import nn
 
-from .base import Method
+from .base import Method, MethodConfig
 from .registry import register_family
 
 
@@ -89,18 +90,26 @@ class SamAdapterEncoder(nn.Module):
         return enc.neck(x.permute(0, 3, 1, 2))
 
 
+@dataclass(frozen=True)
+class SamAdapterConfig(MethodConfig):
+    scale_factor: int = 32  # the generator's width is C / scale_factor
+    freq_rate: float = 0.25  # area share of the centred low-frequency square zeroed (high_frequency)
+
+
 @register_family
 class SamAdapter(Method):
     family = "sam_adapter"
+    config_class = SamAdapterConfig
     merge_kind = "none"
+    encoder_trainable = r"generator\..*"
+    needs_sam = True
 
     def attach(self, model: nn.Module) -> nn.Module:
         encoder = model.image_encoder
         generator = PromptGenerator(
             dim=encoder.pos_embed.shape[-1], depth=len(encoder.blocks),
             patch_size=encoder.patch_embed.proj.kernel_size[0],
-            scale_factor=int(self.hparams.get("scale_factor", 32)),
-            freq_rate=float(self.hparams.get("freq_rate", 0.25)),
+            scale_factor=self.config.scale_factor, freq_rate=self.config.freq_rate,
         ).to(encoder.pos_embed.device)
         model.image_encoder = SamAdapterEncoder(encoder, generator)
         return model

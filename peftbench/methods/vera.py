@@ -13,11 +13,12 @@ on vit_h. The paper's Table 1 prints 0.32 M, which leaves out the 3.51 M mask de
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .base import Method, find_targets, merge_wrappers, replace_module
+from .base import Method, TargetedConfig, find_targets, merge_wrappers, replace_module
 from .registry import register_family
 
 
@@ -62,22 +63,34 @@ class VeRALinear(nn.Module):
         return self.base
 
 
+@dataclass(frozen=True)
+class VeRAConfig(TargetedConfig):
+    """Rank of the shared random pair, the initial lambda_d and the seed the pair is drawn from (peft's defaults)."""
+
+    rank: int = 256
+    d_initial: float = 0.1
+    projection_seed: int = 0
+
+
 @register_family
 class VeRA(Method):
     family = "vera"
+    config_class = VeRAConfig
     merge_kind = "exact"
+    lineage = "lora"
+    encoder_trainable = r".*\.lambda_[bd]"
+    identity_at_init = True
 
     def attach(self, model: nn.Module) -> nn.Module:
-        names = find_targets(model, self.targets or ["qkv"], self.scope)
+        c = self.config
+        names = find_targets(model, list(c.targets), c.scope)
         layers = [model.get_submodule(n) for n in names]
         projection = VeRAProjection(
-            rank=int(self.hparams.get("rank", 256)),
-            in_max=max(m.in_features for m in layers), out_max=max(m.out_features for m in layers),
-            seed=int(self.hparams.get("projection_seed", 0)), device=layers[0].weight.device,
+            rank=c.rank, in_max=max(m.in_features for m in layers), out_max=max(m.out_features for m in layers),
+            seed=c.projection_seed, device=layers[0].weight.device,
         )
-        d_initial = float(self.hparams.get("d_initial", 0.1))
         for name, layer in zip(names, layers):
-            replace_module(model, name, VeRALinear(layer, projection, d_initial))
+            replace_module(model, name, VeRALinear(layer, projection, c.d_initial))
         return model
 
     def merge(self, model: nn.Module) -> nn.Module:

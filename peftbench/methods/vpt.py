@@ -16,12 +16,13 @@ Not mergeable: the prompts lengthen every attention sequence.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from segment_anything.modeling.image_encoder import Block
 from torch import nn
 
-from .base import Method, replace_module
+from .base import Method, MethodConfig, replace_module
 from .registry import register_family
 from .vit import attention_branch, attention_with_extra_keys
 
@@ -44,15 +45,22 @@ class PromptedBlock(nn.Module):
         return x + block.mlp(block.norm2(x))
 
 
+@dataclass(frozen=True)
+class VPTConfig(MethodConfig):
+    num_tokens: int = 12  # prompt tokens per block
+
+
 @register_family
 class VPT(Method):
     family = "vpt"
+    config_class = VPTConfig
     merge_kind = "none"
+    encoder_trainable = r"blocks\.\d+\.prompts"
+    needs_sam = True
 
     def attach(self, model: nn.Module) -> nn.Module:
         encoder = model.image_encoder
         patch = encoder.patch_embed.proj.kernel_size[0]
-        tokens = int(self.hparams.get("num_tokens", 12))
         for i, block in enumerate(encoder.blocks):
-            replace_module(encoder.blocks, str(i), PromptedBlock(block, tokens, patch))
+            replace_module(encoder.blocks, str(i), PromptedBlock(block, self.config.num_tokens, patch))
         return model
