@@ -31,7 +31,7 @@ from peftbench.methods import get_method
 from peftbench.records import environment
 from peftbench.runner import GridOptions, resolve_config
 from peftbench.speed import CachedEncoder, embedding_cache
-from peftbench.train import Optimization, build_model, seed_everything, training_loss
+from peftbench.train import build_model, optimization_for, seed_everything, train_step
 
 
 def write_as_files(card, size: int, folder: Path) -> Path:
@@ -91,15 +91,15 @@ def measure(card, spec, args) -> dict:
                          num_workers=workers, pin_memory=device.type == "cuda",
                          persistent_workers=workers > 0)
     groups = method.parameter_groups(model)
-    optimization = Optimization(groups, config, total_steps=10**6, device=device)
-    every = list(groups)
+    optimization, _ = optimization_for(method, groups, config, len(loader), device)
+    epochs_done = [0]
 
-    def step(x: torch.Tensor, y: torch.Tensor, keys: torch.Tensor) -> None:
-        with cached(keys):
-            loss = training_loss(model, method, x.to(device, non_blocking=True), y.to(device, non_blocking=True),
-                                 card, config, device)
-        optimization.backward(loss)
-        optimization.step(every)
+    def step(x: torch.Tensor, y: torch.Tensor, keys: torch.Tensor, index: int) -> None:
+        """The trainer's step on one batch, with the method's step plan of the same epoch of a run (capped at the
+        run's last epoch: NAS-LoRA's search phase once its start is passed)."""
+        epoch_index = min(epochs_done[0], config["epochs"] - 1)
+        plan = method.step_plan(epoch_index, index) or [list(groups)]
+        train_step(model, method, optimization, [(x, y, keys)], plan, card, config, device, keyed=cached)
 
     def sync() -> float:
         if device.type == "cuda":
@@ -112,16 +112,17 @@ def measure(card, spec, args) -> dict:
         batches = iter(loader)
         for i, memory_batch in enumerate(in_memory):
             if not timed:
-                step(*next(batches))
+                step(*next(batches), i)
                 continue
             for source in ("loader", "memory") if i % 2 else ("memory", "loader"):
                 start = sync()
                 batch = next(batches) if source == "loader" else memory_batch
                 fetched = time.perf_counter()
-                step(*batch)
+                step(*batch, i)
                 times[source].append((sync() - start) * 1000)
                 if source == "loader":
                     times["fetch"].append((fetched - start) * 1000)
+        epochs_done[0] += 1
 
     in_memory = [tuple(t.to(device) for t in batch) for batch in loader]  # fills the decoded-image cache
     store = model.image_encoder.store if isinstance(model.image_encoder, CachedEncoder) else None

@@ -28,7 +28,7 @@ from .runner import DEFAULTS
 from .sam import SAM_SPECS, build_sam
 from .segmenter import SamSegmenter
 from .speed import checkpoint_blocks, embedding_cache, encoder_is_frozen, use_sdpa
-from .train import Optimization, training_loss
+from .train import optimization_for, train_step
 
 BINARY = DatasetCard(name="random", kind="binary", source="bench", description="random inputs", num_classes=1,
                      metrics=["iou"], select_metric="iou")
@@ -96,17 +96,17 @@ class Subject:
         size = self.model.img_size
         self.x = torch.randn(opts.batch, 3, size, size, device=device)
         self.y = (torch.rand(opts.batch, size, size, device=device) > 0.5).float()
-        self.config = {**DEFAULTS, "lr": 1e-4, "group_optim": spec.train.get("group_optim", {}),
+        self.config = {**DEFAULTS, "lr": 1e-4, "group_optim": spec.train.get("group_optim", {}), "epochs": 30,
                        "precision": setting.precision,
                        "optimizer_kernel": opts.optimizer_kernel}
         self.groups = self.method.parameter_groups(self.model)
         self.trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        self.optimization = Optimization(self.groups, self.config, total_steps=10**6, device=device)
-        every = [list(self.groups)]
         # Methods with a schedule (NAS-LoRA, resolved for the paper's 30 epochs) also have a search-phase iteration,
         # architecture step(s) + weight step, and its architecture step(s) are timed alone too (the paper's Table 5
         # reports weight and architecture updates apart).
-        self.method.schedule(epochs=30, steps_per_epoch=1)
+        self.optimization, _ = optimization_for(self.method, self.groups, self.config, steps_per_epoch=1,
+                                                device=device)
+        every = [list(self.groups)]
         self.plans = {"train": self.method.step_plan(0, 0) or every, "search": self.method.step_plan(29, 0) or every}
         self.plans["arch"] = [active for active in self.plans["search"] if "weights" not in active]
         self.embedding_cache = None  # (keyed, release) of speed.embedding_cache once a cached step ran
@@ -114,22 +114,18 @@ class Subject:
     def weight_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in [*self.model.parameters(), *self.model.buffers()])
 
-    def train_step(self, plan: list[list[str]]) -> None:
-        self.model.train()
-        for active in plan:
-            self.optimization.set_trainable(active)
-            loss = training_loss(self.model, self.method, self.x, self.y, BINARY, self.config, self.device)
-            self.optimization.backward(loss)
-            self.optimization.step(active)
-        self.optimization.set_trainable(list(self.groups))
+    def train_step(self, plan: list[list[str]], keyed=None) -> None:
+        """The trainer's step (train.train_step) on the subject's batch."""
+        keys = torch.arange(len(self.x))
+        train_step(self.model, self.method, self.optimization, [(self.x, self.y, keys)], plan, BINARY, self.config,
+                   self.device, keyed=keyed, read_losses=False)
 
     def cached_train_step(self) -> None:
         """A training step with the image embeddings already cached (the encoder is frozen), as the trainer's."""
         if self.embedding_cache is None:
             self.embedding_cache = embedding_cache(self.model)
         keyed, _ = self.embedding_cache
-        with keyed("bench")(range(len(self.x))):
-            self.train_step(self.plans["train"])
+        self.train_step(self.plans["train"], keyed("bench"))
 
     def release_embedding_cache(self) -> None:
         """Back to the real encoder (inference times it)."""

@@ -15,6 +15,7 @@ import resource
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,7 @@ def count_params(model: torch.nn.Module, sam_name: str) -> dict:
 def _optimizer(params: list[torch.nn.Parameter], own: dict, config: dict, lr_scale: float) -> torch.optim.Optimizer:
     """The harness's AdamW (no weight decay on 1-D parameters), or what a method's TOML gives its group
     (`[train.group_optim.<group>]`: optimizer, lr, weight_decay, betas); the learning rate times `lr_scale` (the
-    method's schedule, e.g. NAS-LoRA's search budget)."""
+    method's schedule, e.g. NAS-LoRA's search budget, and its `lr_multipliers`, e.g. LoRA+'s B at 16x)."""
     wd = own.get("weight_decay", config["weight_decay"])
     kwargs = {"lr": own.get("lr", config["lr"]) * lr_scale, "betas": tuple(own.get("betas", (0.9, 0.999))),
               "eps": 1e-6, **OPTIMIZER_KERNELS[config["optimizer_kernel"]]}
@@ -70,6 +71,10 @@ def _optimizer(params: list[torch.nn.Parameter], own: dict, config: dict, lr_sca
         return torch.optim.Adam(params, weight_decay=wd, **kwargs)
     return torch.optim.AdamW([{"params": [p for p in params if p.ndim > 1], "weight_decay": wd},
                               {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}], **kwargs)
+
+
+def _constant(step: int) -> float:
+    return 1.0
 
 
 class Optimization:
@@ -83,11 +88,18 @@ class Optimization:
                  device: torch.device, lr_scale: dict[str, float] | None = None) -> None:
         self.groups, self.grad_clip = groups, config["grad_clip"]
         own, lr_scale = config["group_optim"], lr_scale or {}
+        unknown = set(lr_scale) - set(groups)
+        if unknown:
+            raise ValueError(f"learning-rate factors for groups {sorted(unknown)} the method does not have "
+                             f"({', '.join(groups)})")
         self.optimizers = {name: _optimizer(params, own.get(name, {}), config, lr_scale.get(name, 1.0))
                            for name, params in groups.items()}
-        linear = lambda s: max(0.0, 1 - s / max(1, total_steps))  # noqa: E731
+
+        def linear(step: int) -> float:
+            return max(0.0, 1 - step / max(1, total_steps))
+
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(
-            opt, (lambda s: 1.0) if own.get(name, {}).get("schedule") == "constant" else linear)
+            opt, _constant if own.get(name, {}).get("schedule") == "constant" else linear)
             for name, opt in self.optimizers.items()}
         self.scaler = torch.amp.GradScaler(device.type, enabled=config["precision"] == "fp16")
 
@@ -110,10 +122,14 @@ class Optimization:
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
 
-    def step(self, active: list[str]) -> None:
+    def step(self, active: list[str], before_update: Callable[[], None] | None = None) -> None:
+        """Unscale and clip the gradients of the `active` groups, call `before_update` (gradients in place), update
+        those groups, clear every gradient."""
         for name in active:
             self.scaler.unscale_(self.optimizers[name])
         torch.nn.utils.clip_grad_norm_([p for n in active for p in self.groups[n]], self.grad_clip)
+        if before_update is not None:
+            before_update()
         for name in active:
             self.scaler.step(self.optimizers[name])
         scale = self.scaler.get_scale()
@@ -125,6 +141,21 @@ class Optimization:
                 self.schedulers[name].step()
 
 
+def optimization_for(method: Method, groups: dict[str, list[torch.nn.Parameter]], config: dict,
+                     steps_per_epoch: int, device: torch.device) -> tuple[Optimization, dict]:
+    """The method's optimizers for a run of config["epochs"]: its schedule resolved (e.g. NAS-LoRA's architecture
+    start and budget) and each group's learning rate scaled by the schedule and by the method's `lr_multipliers`.
+    Returns (optimization, the schedule as the record stores it, with the learning rate each group starts at)."""
+    epochs = config["epochs"]
+    schedule = method.schedule(epochs, steps_per_epoch)
+    factors = dict(schedule.get("lr_scale", {}))
+    for name, multiple in method.lr_multipliers().items():
+        factors[name] = factors.get(name, 1.0) * multiple
+    optimization = Optimization(groups, config, steps_per_epoch * epochs, device, factors)
+    schedule["lr"] = {name: opt.param_groups[0]["lr"] for name, opt in optimization.optimizers.items()}
+    return optimization, schedule
+
+
 def training_loss(model: SamSegmenter, method: Method, x: torch.Tensor, y: torch.Tensor, card: DatasetCard,
                   config: dict, device: torch.device) -> torch.Tensor:
     """Task loss plus the method's extra loss, under the run's precision."""
@@ -132,6 +163,57 @@ def training_loss(model: SamSegmenter, method: Method, x: torch.Tensor, y: torch
         loss = task_loss(model(x), y, card, config)
         extra = method.extra_loss(model)
     return loss if extra is None else loss + extra
+
+
+@dataclass
+class StepPass:
+    """One optimizer step of a step plan: the groups it updated, its micro-batches' losses (unless unread), the
+    micro-batches and images it saw and its duration."""
+
+    active: list[str]
+    losses: list[float]
+    micro_batches: int
+    images: int
+    seconds: float
+
+
+def train_step(model: SamSegmenter, method: Method, optimization: Optimization, batch: list[tuple],
+               plan: list[list[str]], card: DatasetCard, config: dict, device: torch.device,
+               step: int = 0, total_steps: int = 1, keyed: Callable | None = None,
+               on_pass: Callable[[StepPass], None] | None = None, read_losses: bool = True) -> list[StepPass]:
+    """The training step, the same for the trainer, `peftbench bench` and the loader benchmark.
+
+    `batch`: the micro-batches (x, y, keys) of one optimizer step, gradients accumulated over them; `plan`: the
+    optimizer steps taken on it, each the groups it updates (every step of a plan sees the same images); `step`:
+    the batch's index over the run, of `total_steps` (for `Method.after_backward`); `keyed(keys)`: the
+    embedding-cache context of a micro-batch (speed.CachedEncoder), or None; `on_pass(p)`: called after each
+    optimizer step. The losses are read once per optimizer step, before it: a NaN or infinite one raises
+    FloatingPointError and nothing is updated (training on would produce garbage). `read_losses=False` leaves them
+    unread (`peftbench bench` and the memory estimate on fake tensors, which have no values)."""
+    model.train()
+    passes = []
+    for active in plan:
+        optimization.set_trainable(active)
+        start, losses, images = time.perf_counter(), [], 0
+        for x, y, keys in batch:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with keyed(keys) if keyed else nullcontext():
+                loss = training_loss(model, method, x, y, card, config, device)
+            optimization.backward(loss / len(batch))
+            losses.append(loss.detach().float())
+            images += len(x)
+        losses = torch.stack(losses).tolist() if read_losses else []
+        bad = [value for value in losses if not np.isfinite(value)]
+        if bad:
+            raise FloatingPointError(f"training loss is {bad[0]}")
+        optimization.step(active, lambda: method.after_backward(model, step, total_steps))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        passes.append(StepPass(active, losses, len(batch), images, time.perf_counter() - start))
+        if on_pass:
+            on_pass(passes[-1])
+    optimization.set_trainable(list(optimization.groups))
+    return passes
 
 
 BINARY_LOSSES = {"bce_dice": bce_dice, "structure_loss": structure_loss, "balanced_bce": balanced_bce}
@@ -236,6 +318,89 @@ def training_speed(history: list[dict], counts: dict) -> dict:
     return speed
 
 
+@dataclass
+class TrainState:
+    """Where a run stands after an epoch: all a killed run needs (with the weights, optimizers and random states
+    saved beside it, see `save`) to continue after its last finished epoch.
+
+    `counts`: weight passes and architecture passes (NAS-LoRA's search) counted and timed apart, as the paper's
+    Table 5 reports them, the training images seen and the optimizer steps taken per parameter group."""
+
+    FIELDS = ("history", "best_score", "best_state", "best_epoch", "stale", "counts")  # what a checkpoint keeps
+
+    groups: list[str]
+    history: list[dict] = field(default_factory=list)
+    best_score: float | None = None
+    best_state: dict | None = None
+    best_epoch: int = -1
+    stale: int = 0  # epochs since the selection metric last improved (early stopping after `patience`)
+    counts: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.counts = self.counts or {"weight_passes": 0, "weight_s": 0.0, "arch_passes": 0, "arch_s": 0.0,
+                                      "train_images": 0, "steps": dict.fromkeys(self.groups, 0)}
+
+    def count(self, p: StepPass) -> None:
+        kind = "weight" if "weights" in p.active else "arch"  # a simultaneous step is one weight pass
+        self.counts[f"{kind}_s"] += p.seconds
+        self.counts[f"{kind}_passes"] += p.micro_batches
+        self.counts["train_images"] += p.images if "weights" in p.active else 0
+        for name in p.active:
+            self.counts["steps"][name] += 1
+
+    def select(self, epoch: int, score: float, higher_is_better: bool, model: torch.nn.Module) -> None:
+        """Keep the weights after `epoch` if they score best so far on validation (call only for selectable
+        epochs)."""
+        if self.best_score is None or (score > self.best_score if higher_is_better else score < self.best_score):
+            self.best_score, self.best_epoch, self.stale = score, epoch, 0
+            self.best_state = trainable_state(model)
+        else:
+            self.stale += 1
+
+    def save(self, path: Path, config: dict, model: torch.nn.Module, optimization: Optimization,
+             loader_gen: torch.Generator, lock: Path | None) -> None:
+        save_checkpoint(path, {"config_hash": config_hash(config), "model": trainable_state(model),
+                               "optimization": optimization.state_dict(), "rng": rng_state(loader_gen),
+                               **{name: getattr(self, name) for name in self.FIELDS}}, lock)
+
+    def resume(self, path: Path, config: dict, model: torch.nn.Module, optimization: Optimization,
+               loader_gen: torch.Generator) -> None:
+        """Continue from the checkpoint at `path` if it belongs to this config (else start over)."""
+        saved = load_checkpoint(path, config_hash(config))
+        if saved:
+            model.load_state_dict(saved["model"], strict=False)
+            optimization.load_state_dict(saved["optimization"])
+            set_rng_state(saved["rng"], loader_gen)
+            for name in self.FIELDS:
+                setattr(self, name, saved[name])
+
+
+def _loaders(card: DatasetCard, config: dict, img_size: int, device: torch.device) -> tuple:
+    """(the splits, the training loader of micro-batches, {split: evaluation loader}, the data-order generator)."""
+    splits = build_splits(card, img_size, keys=True)
+    loader_gen = torch.Generator().manual_seed(config["seed"])
+    workers = config["num_workers"]
+    # Persistent workers keep their decoded-image caches across epochs.
+    loader_args = {"num_workers": workers, "pin_memory": device.type == "cuda", "persistent_workers": workers > 0}
+    train_loader = splits["train"].loader(config["micro_batch_size"], shuffle=True, generator=loader_gen,
+                                          **loader_args)
+    evals = {split: data.loader(config["batch_size"], **loader_args) for split, data in splits.items()
+             if split != "train"}
+    return splits, train_loader, evals, loader_gen
+
+
+def _batches(loader: DataLoader, accumulate: int):
+    """Micro-batches grouped by optimizer step (the last group may be shorter)."""
+    chunk = []
+    for item in loader:
+        chunk.append(item)
+        if len(chunk) == accumulate:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step: StepCallback | None = None,
               checkpoint: Path | None = None, lock: Path | None = None, checkpoint_interval_s: float = 0.0) -> dict:
     """Train, select on validation, test. Returns the record fields metrics, per_image, params, timing, history.
@@ -253,125 +418,83 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
     if config["checkpointing"]:
         checkpoint_blocks(model)
     keyed, release_cache = embedding_cache(model, config["cache_embeddings"])  # decoder-only: embed each input once
-
-    splits = build_splits(card, model.img_size, keys=True)
+    splits, train_loader, eval_loaders, loader_gen = _loaders(card, config, model.img_size, device)
 
     # Gradient accumulation: micro-batches of `micro_batch_size` images, one optimizer step per `batch_size` images
     # (the Conv-LoRA harness trains with per-GPU batch 1 x 4 accumulation; its Table 5 "iter" is one micro-batch).
-    micro, accumulate = config["micro_batch_size"], config["batch_size"] // config["micro_batch_size"]
-    loader_gen = torch.Generator().manual_seed(config["seed"])
-    workers = config["num_workers"]
-    # Persistent workers keep their decoded-image caches across epochs.
-    loader_args = {"num_workers": workers, "pin_memory": device.type == "cuda", "persistent_workers": workers > 0}
-    train_loader = splits["train"].loader(micro, shuffle=True, generator=loader_gen, **loader_args)
-    eval_loaders = {split: data.loader(config["batch_size"], **loader_args)
-                    for split, data in splits.items() if split != "train"}
-    eval_loader = eval_loaders.__getitem__
-
-    groups = method.parameter_groups(model)
+    accumulate = config["batch_size"] // config["micro_batch_size"]
     steps_per_epoch = -(-len(train_loader) // accumulate)
-    schedule = method.schedule(config["epochs"], steps_per_epoch)  # e.g. NAS-LoRA's architecture start and budget
-    optimization = Optimization(groups, config, steps_per_epoch * config["epochs"], device, schedule.get("lr_scale"))
-    schedule["lr"] = {name: opt.param_groups[0]["lr"] for name, opt in optimization.optimizers.items()}
-    every_group = list(groups)
+    groups = method.parameter_groups(model)
+    optimization, schedule = optimization_for(method, groups, config, steps_per_epoch, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-
-    def batches():
-        """Micro-batches grouped by optimizer step: every step of a step plan sees the same images."""
-        chunk = []
-        for item in train_loader:
-            chunk.append(item)
-            if len(chunk) == accumulate:
-                yield chunk
-                chunk = []
-        if chunk:
-            yield chunk
-
     select = spec(card.select_metric, card.kind, card.multiclass_protocol)
-    best_score, best_state, best_epoch, stale = None, None, -1, 0
-    history = []
-    # Weight passes and architecture passes (NAS-LoRA's search) are counted and timed apart, as the paper's Table 5
-    # reports them; `steps`: optimizer steps taken per parameter group.
-    counts = {"weight_passes": 0, "weight_s": 0.0, "arch_passes": 0, "arch_s": 0.0, "train_images": 0,
-              "steps": dict.fromkeys(groups, 0)}
-    saved = load_checkpoint(checkpoint, config_hash(config)) if checkpoint else None
+    state = TrainState(list(groups))
+    if checkpoint:
+        state.resume(checkpoint, config, model, optimization, loader_gen)
     last_save = time.monotonic()
-    if saved:  # continue after the last finished epoch of a killed run
-        model.load_state_dict(saved["model"], strict=False)
-        optimization.load_state_dict(saved["optimization"])
-        best_score, best_state, best_epoch, stale = saved["best_score"], saved["best_state"], saved["best_epoch"], \
-            saved["stale"]
-        history, counts = saved["history"], saved["counts"]
-        set_rng_state(saved["rng"], loader_gen)
-    for epoch in range(len(history), config["epochs"]):
-        if stale >= config["patience"]:
+    for epoch in range(len(state.history), config["epochs"]):
+        if state.stale >= config["patience"]:
             break
-        model.train()
-        epoch_start, epoch_passes, epoch_arch_steps = time.perf_counter(), 0, 0
-        losses = []
-        for step, chunk in enumerate(batches()):
-            for active in method.step_plan(epoch, step) or [every_group]:
-                optimization.set_trainable(active)
-                pass_start = time.perf_counter()
-                for x, y, keys in chunk:
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    with keyed("train")(keys):
-                        loss = training_loss(model, method, x, y, card, config, device)
-                    optimization.backward(loss / len(chunk))
-                    losses.append(loss.item())
-                    if not np.isfinite(losses[-1]):  # stop here: a NaN/inf loss would train on garbage till the end
-                        raise FloatingPointError(f"training loss is {losses[-1]} at epoch {epoch + 1}, step {step + 1} "
-                                                 f"({method_spec.name} on {card.name}, seed {config['seed']})")
-                    if "weights" in active:
-                        counts["train_images"] += len(x)
-                optimization.step(active)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                kind = "weight" if "weights" in active else "arch"  # a simultaneous step is one weight pass
-                counts[f"{kind}_s"] += time.perf_counter() - pass_start
-                counts[f"{kind}_passes"] += len(chunk)
-                epoch_passes += len(chunk)
-                for name in active:
-                    counts["steps"][name] += 1
-                epoch_arch_steps += "arch" in active
+        epoch_start, passes = time.perf_counter(), []
+        for step, batch in enumerate(_batches(train_loader, accumulate)):
+            def done(p: StepPass, epoch: int = epoch, step: int = step, passes: list = passes) -> None:
+                state.count(p)
+                passes.append(p)
                 if on_step:
-                    on_step(epoch, step, steps_per_epoch, losses[-1], active)
-        optimization.set_trainable(every_group)
-        epoch_time = time.perf_counter() - epoch_start
+                    on_step(epoch, step, steps_per_epoch, p.losses[-1], p.active)
 
-        val_metrics, _, _ = evaluate(model, eval_loader("val"), card, device, config["precision"], keyed("val"),
+            try:
+                train_step(model, method, optimization, batch, method.step_plan(epoch, step) or [list(groups)], card,
+                           config, device, epoch * steps_per_epoch + step, steps_per_epoch * config["epochs"],
+                           keyed("train"), done)
+            except FloatingPointError as err:
+                raise FloatingPointError(f"{err} at epoch {epoch + 1}, step {step + 1} ({method_spec.name} on "
+                                         f"{card.name}, seed {config['seed']})") from None
+        val_metrics, _, _ = evaluate(model, eval_loaders["val"], card, device, config["precision"], keyed("val"),
                                      config["eval_resolution"], names=[card.select_metric])
-        score = val_metrics[card.select_metric]
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val": val_metrics,
-                        "train_s": epoch_time, "train_passes": epoch_passes, "arch_steps": epoch_arch_steps})
+        losses = [loss for p in passes for loss in p.losses]
+        state.history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val": val_metrics,
+                              "train_s": time.perf_counter() - epoch_start,
+                              "train_passes": sum(p.micro_batches for p in passes),
+                              "arch_steps": sum("arch" in p.active for p in passes)})
         if method.selectable(epoch):  # not NAS-LoRA before its search: that is not yet the method it is named after
-            if best_score is None or (score > best_score if select.higher_is_better else score < best_score):
-                best_score, best_epoch, stale = score, epoch, 0
-                best_state = trainable_state(model)
-            else:
-                stale += 1
+            state.select(epoch, val_metrics[card.select_metric], select.higher_is_better, model)
         if checkpoint and time.monotonic() - last_save >= checkpoint_interval_s:
             last_save = time.monotonic()
-            save_checkpoint(checkpoint, {
-                "config_hash": config_hash(config), "model": trainable_state(model),
-                "optimization": optimization.state_dict(), "best_score": best_score, "best_state": best_state,
-                "best_epoch": best_epoch, "stale": stale, "history": history, "counts": counts,
-                "rng": rng_state(loader_gen)}, lock)
-    model.load_state_dict(best_state, strict=False)
-    statistics = method.statistics(model, counts["steps"])  # of the selected (tested) weights, before any merge
+            state.save(checkpoint, config, model, optimization, loader_gen, lock)
+    model.load_state_dict(state.best_state, strict=False)
+    statistics = method.statistics(model, state.counts["steps"])  # of the selected (tested) weights, before any merge
     release_cache()  # the test measures the real model's inference: no cached embeddings
+    tested = test_run(model, method, splits, eval_loaders, card, config, device)
+    inference = tested.pop("timing")
+    return {
+        **tested, "params": params,
+        "timing": {**training_speed(state.history, state.counts), **inference, **_peak_memory_mib(device)},
+        "excluded_pairs": len(card.excluded),  # bad pairs left out with --skip-bad (listed in config.dataset)
+        "selection": {"metric": card.select_metric, "split": "val", "best_epoch": state.best_epoch,
+                      "best_score": state.best_score,
+                      "first_selectable_epoch": next(e for e in range(config["epochs"]) if method.selectable(e))},
+        "history": state.history, "milestones": method.milestones(), "statistics": statistics, "schedule": schedule,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    }
 
+
+def test_run(model: SamSegmenter, method: Method, splits: dict, eval_loaders: dict, card: DatasetCard, config: dict,
+             device: torch.device) -> dict:
+    """Test the selected weights on every test set: merged where the merge is exact (unless --inference unmerged);
+    an approximate merge is tested both ways and the gap recorded. Returns the record fields metrics, per_image,
+    merge, metric_definitions and timing (inference)."""
     def test() -> tuple[dict, dict, float]:
         metrics, per_image, ips = {}, {}, []
         for split in sorted(s for s in splits if s.startswith("test")):
             name = split.partition(":")[2] or "test"
             metrics[name], per_image[name], split_ips = evaluate(
-                model, eval_loader(split), card, device, config["precision"], resolution=config["eval_resolution"])
+                model, eval_loaders[split], card, device, config["precision"], resolution=config["eval_resolution"])
             ips.append(split_ips)
         return metrics, per_image, float(np.mean(ips))
 
-    probe = next(iter(eval_loader(min(s for s in splits if s.startswith("test")))))[0].to(device)
+    probe = next(iter(eval_loaders[min(s for s in splits if s.startswith("test"))]))[0].to(device)
     merge = {"kind": method.merge_kind, "inference": config["inference"]}
     if method.merge_kind == "exact" and config["inference"] != "unmerged":
         merge.update(merge_gap(model, method, probe, device, config["precision"]))
@@ -389,16 +512,10 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
             if config["inference"] == "merged":
                 metrics, per_image, infer_ips, inference_model = merged_metrics, merged_per_image, merged_ips, "merged"
     merge["evaluated_model"] = inference_model
-    timing = {**training_speed(history, counts), "infer_img_per_s": infer_ips, "inference_model": inference_model,
-              **_peak_memory_mib(device)}
     return {
-        "metrics": metrics, "per_image": per_image, "params": params, "timing": timing, "merge": merge,
-        "excluded_pairs": len(card.excluded),  # bad pairs left out with --skip-bad (listed in config.dataset)
-        "selection": {"metric": card.select_metric, "split": "val", "best_epoch": best_epoch, "best_score": best_score,
-                      "first_selectable_epoch": next(e for e in range(config["epochs"]) if method.selectable(e))},
+        "metrics": metrics, "per_image": per_image, "merge": merge,
         "metric_definitions": provenance(list(metrics[next(iter(metrics))]), card.kind, card.multiclass_protocol,
                                          RESOLUTIONS[config["eval_resolution"]].format(size=model.img_size),
                                          card.f_beta2),
-        "history": history, "milestones": method.milestones(), "statistics": statistics, "schedule": schedule,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "timing": {"infer_img_per_s": infer_ips, "inference_model": inference_model},
     }
