@@ -90,7 +90,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                         "labels nearest-resized (the Conv-LoRA harness)")
     p.add_argument("--checkpoint-interval", default="30",
                    help="seconds between mid-run checkpoints, written after an epoch (default 30; 0: every epoch)")
-    p.add_argument("--data-root", default=None, help="folder holding the datasets (default: datasets/)")
+    p.add_argument("--data-root", default=None, help="folder holding the datasets (default: datasets/ in a checkout, ~/.cache/peftbench/datasets when installed)")
     p.add_argument("--classes", default=None,
                    help="a folder or CSV dataset is multi-class with K classes (masks hold class ids 0..K-1, 255 = "
                         "ignore); default: binary (masks 0/255 or 0/1)")
@@ -317,8 +317,7 @@ def _cmd_params(args: argparse.Namespace, console: Console) -> int:
 
 def _cmd_tables(args: argparse.Namespace, console: Console) -> int:
     from .records import unusable_records
-    from .report import build_report
-    from .tables import write_tables
+    from .report import build_report, write_tables
 
     for path, why in unusable_records(Path(args.out)).items():  # named, never silently left out
         print(f"peftbench: warning: {path}: {why}; left out of the tables (its seed shows as missing)", file=sys.stderr)
@@ -379,14 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(sub.add_parser("run", help="train and test methods x datasets x seeds, then write the tables"))
     sub.add_parser("methods", help="list registered methods")
     p = sub.add_parser("datasets", help="list registered datasets and whether each is ready on this machine")
-    p.add_argument("--data-root", default=None, help="folder holding prepared datasets (default: datasets/)")
+    p.add_argument("--data-root", default=None, help="folder holding prepared datasets (default: datasets/ in a checkout, ~/.cache/peftbench/datasets when installed)")
     p = sub.add_parser("prepare", help="download (or take --from), verify, extract, convert, validate a real dataset")
     p.add_argument("name", help="a registered real dataset (peftbench datasets)")
     p.add_argument("--from", dest="inputs", nargs="+", action="extend", metavar="URL_OR_ARCHIVE_OR_FOLDER",
                    help="archives, folders or URLs to use instead of the card's downloads (any order, repeatable)")
     p.add_argument("--source", choices=["convlora", "official"], default=None,
                    help="the Conv-LoRA authors' archive (default where there is one) or the official releases")
-    p.add_argument("--data-root", default=None, help="folder to prepare into (default: datasets/)")
+    p.add_argument("--data-root", default=None, help="folder to prepare into (default: datasets/ in a checkout, ~/.cache/peftbench/datasets when installed)")
     p.add_argument("--skip-bad", action="store_true", help="exclude bad image/label pairs (counted in prepared.json)")
     p.add_argument("--force", action="store_true", help="prepare again although prepared.json exists")
     p.add_argument("--binarize", action="store_true",

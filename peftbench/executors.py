@@ -44,7 +44,15 @@ from .data import DatasetCard
 from .device import resolve_device
 from .errors import UserError
 from .methods import MethodSpec
-from .records import config_hash, is_complete, read_record, record_path, write_json_atomic, write_text_atomic
+from .records import (
+    RECORD_SCHEMA,
+    config_hash,
+    is_complete,
+    read_record,
+    record_path,
+    write_json_atomic,
+    write_text_atomic,
+)
 from .resume import claim, release
 from .train import train_run
 
@@ -99,6 +107,7 @@ def run_one(task: RunTask, on_step: ProgressCallback | None = None, owner: str |
         write_json_atomic(record, {
             "method": task.method.name, "dataset": task.card.name, "seed": task.seed, **result,
             "config": task.config, "config_hash": config_hash(task.config), "environment": task.environment,
+            "method_info": task.method.info(), "schema": RECORD_SCHEMA,  # beside the config: not in its identity
             "device": {"type": task.config["device"], "name": result.pop("device_name"),
                        "torch_threads": torch.get_num_threads()},
             "wall_time_s": time.time() - start,

@@ -8,11 +8,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import EngFormatter  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.ticker import EngFormatter
 
-from .records import atomic_output, load_records, write_csv_atomic  # noqa: E402
+from .records import atomic_output, write_csv_atomic
 
 
 def curves_frame(records: list[dict]) -> pd.DataFrame:
@@ -117,11 +117,9 @@ def throughput_figure(records: list[dict], stem: Path) -> list[Path]:
     return _save(fig, stem)
 
 
-def write_figures(out: Path) -> list[Path]:
-    """Render every figure from the records under `out`/runs into `out`/figures. Returns the files written."""
-    records = load_records(out)
-    if not records:
-        return []
+def write_figures(records: list[dict], out: Path) -> list[Path]:
+    """Render every figure of `records` (the records under `out`/runs, see load_records) into `out`/figures.
+    Returns the files written."""
     figures = Path(out) / "figures"
     written = []
     curves = curves_frame(records)

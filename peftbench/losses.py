@@ -1,6 +1,6 @@
 """Training losses of the paper (Eq. 4/8, Appendix A): segmentation = BCE + Dice; multi-class adds pixel-wise CE.
 
-A binary card may instead ask for one of the Conv-LoRA harness's losses (conv-lora-harness.md §5):
+A binary card may instead ask for one of the Conv-LoRA harness's losses (autogluon, multimodal/.../optim/losses):
 `structure_loss` (PraNet) or `balanced_bce` (its SBU loss).
 
 Multi-class matching is fixed: mask token k predicts class k (one token per class), so no Hungarian matching is
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .data.files import IGNORE_LABEL
+from .labels import IGNORE_LABEL
 from .segmenter import SamSegmenter
 
 

@@ -1,4 +1,4 @@
-"""Segmentation metrics with their provenance (../shared/reference/metrics.md, Part A).
+"""Segmentation metrics with their provenance (the reference scorers named below; summary in docs/metrics.md).
 
 Every metric is computed on numpy arrays at the ground truth's original resolution: the caller resizes each prediction
 to its label's size before `update`. Binary metrics (`BinaryMeter`) follow the harness that produced the NAS-LoRA /
@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from .data.files import IGNORE_LABEL
 from .errors import UserError
+from .labels import IGNORE_LABEL
 
 EPS = np.spacing(1)  # MATLAB eps, as PySODMetrics
 TRANSLAB_EPS = 2.220446049250313e-16  # TransLab / Trans2Seg score.py denominators

@@ -14,7 +14,6 @@ the pretrained segmenter.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -31,6 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from segment_anything.modeling import Sam
 
 from .data.corpus import iter_corpus
+from .hashing import file_sha256
 from .losses import bce_dice
 from .records import atomic_output, write_text_atomic
 from .sam import load_sam
@@ -189,7 +189,7 @@ def save_pretrained(state: dict, summary: dict, out: Path) -> Path:
     """Write the state dict to `out` and its summary (with the file's sha256) to `out` with suffix .json."""
     with atomic_output(out, "wb") as f:
         torch.save(state, f)
-    summary = {**summary, "weights_file": out.name, "sha256": hashlib.sha256(out.read_bytes()).hexdigest()}
+    summary = {**summary, "weights_file": out.name, "sha256": file_sha256(out)}
     meta = out.with_suffix(".json")
     write_text_atomic(meta, json.dumps(summary, indent=2) + "\n")
     return meta

@@ -19,6 +19,12 @@ from .paths import ROOT
 PACKAGES = ["torch", "torchvision", "segment-anything", "timm", "numpy", "pandas", "scikit-image", "pillow", "peftbench"]
 
 
+# 2: a record carries `method_info` (MethodSpec.info(): group, lineage, ablation, baseline, ...) beside its config,
+# so that reports read what a method is from the record, never from today's registry. 1 (no "schema" key): it does
+# not; load_records migrates it (_schema1_method_info).
+RECORD_SCHEMA = 2
+
+
 def record_path(out: Path, dataset: str, method: str, seed: int) -> Path:
     return Path(out) / "runs" / dataset / method / f"seed{seed}.json"
 
@@ -170,10 +176,11 @@ def unusable_records(out: Path) -> dict[Path, str]:
 
 
 def load_records(out: Path) -> list[dict]:
-    """Every usable record under `out`/runs. Where records of one (dataset, method) were made with different
-    configs (e.g. some retrained with --replace --epochs 1), each is labelled with its differing settings,
-    "lora [epochs=1]", so that no table cell averages two experiments."""
-    records = [r for p in record_paths(out) if (r := read_record(p)) is not None]
+    """Every usable record under `out`/runs, each with its `method_info` (a schema-1 record's migrated). Where
+    records of one (dataset, method) were made with different configs (e.g. some retrained with --replace --epochs 1),
+    each is labelled with its differing settings, "lora [epochs=1]", so that no table cell averages two experiments;
+    its method_info stays the method's, so reports read what a row is from there, never from its label."""
+    records = [_with_method_info(r) for p in record_paths(out) if (r := read_record(p)) is not None]
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         groups.setdefault((r["dataset"], r["method"]), []).append(r)
@@ -185,6 +192,45 @@ def load_records(out: Path) -> list[dict]:
                                                                  if varying[3:] else [])
             r["method"] += " [" + ", ".join(shown) + "]"
     return records
+
+
+# Migration of schema-1 records: what the method registry said of their methods when they were written, frozen
+# here (never read from today's registry, whose files may have changed since).
+_SCHEMA1_ABLATIONS = {
+    "nas_pc_lora_arch0": "Table 9", "nas_pc_lora_arch0_simultaneous": "Table 9", "nas_pc_lora_arch20": "Table 9",
+    "nas_pc_lora_first_half": "Table 8", "nas_pc_lora_last_half": "Table 8",
+    "nas_pc_lora_no_conv": "Table 6", "nas_pc_lora_no_pool": "Table 6", "nas_pc_lora_no_skip_zero": "Table 6",
+    "nas_pc_lora_pc1": "Table D1",
+    "nas_pc_lora_r6": "Table 7", "nas_pc_lora_r12": "Table 7", "nas_pc_lora_r24": "Table 7",
+}
+_SCHEMA1_BASELINES = {"nas_lora": "lora", "nas_pc_lora": "lora", "decoder_only_random": "decoder_only",
+                      **dict.fromkeys(_SCHEMA1_ABLATIONS, "nas_pc_lora")}
+_SCHEMA1_CONTROLS = {"decoder_only_random"}
+_SCHEMA1_NON_PEFT_FAMILIES = {"full_ft"}
+_SCHEMA1_LORA_FAMILIES = {"lora", "conv_lora", "dora", "vera", "nas_lora"}
+_SCHEMA1_MERGE_KINDS = {"bitfit": "exact", "conv_lora": "none", "decoder_only": "exact", "dora": "exact",
+                        "full_ft": "exact", "lora": "exact", "mona": "none", "nas_lora": "approximate",
+                        "sam_adapter": "none", "vera": "exact", "vpt": "none"}
+
+
+def _schema1_method_info(record: dict) -> dict:
+    """A schema-1 record's method_info: its config's method name, family and backbone, and what the registry said
+    of that method then (the frozen tables above). Its description was not recorded."""
+    method = record.get("config", {}).get("method", {})
+    name, family = method.get("name", record["method"]), method.get("family", "")
+    return {"name": name, "family": family, "description": "",
+            "group": "Non-PEFT" if family in _SCHEMA1_NON_PEFT_FAMILIES else "PEFT",
+            "lineage": "lora" if family in _SCHEMA1_LORA_FAMILIES else family,
+            "ablation": _SCHEMA1_ABLATIONS.get(name, ""), "baseline": _SCHEMA1_BASELINES.get(name, ""),
+            "backbone": method.get("backbone", "pretrained"), "control": name in _SCHEMA1_CONTROLS,
+            "merge_kind": _SCHEMA1_MERGE_KINDS.get(family, "none")}
+
+
+def _with_method_info(record: dict) -> dict:
+    """`record`, given its method_info when it is of schema 1 (no "schema" key)."""
+    if record.get("schema", 1) == 1:
+        record["method_info"] = _schema1_method_info(record)
+    return record
 
 
 def set_label(dataset: str, test: str) -> str:

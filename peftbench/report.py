@@ -1,21 +1,36 @@
-"""`peftbench report`: every table and figure rebuilt from the run records alone, and one self-contained HTML page.
+"""Every table of `peftbench report` / `peftbench tables`, the figures and one self-contained HTML page, rebuilt
+from the run records alone. What a method is (PEFT or not, LoRA family, the ablation table it belongs to, the
+method it is compared with, a control) comes from each record's `method_info`, never from the method registry, so
+a report of archived runs does not change when a method file does. Each column is defined here once.
 
-Tables follow the paper's layouts where their datasets were run (Table 1: binary benchmarks; Table 2: Trans10K-v1
-easy/hard; Table 3: Trans10K-v2 per category; Table 5: timing; Tables 6-9 and D1: ablation variants); every other
-dataset gets the generic layout. Each table is written as markdown, LaTeX (booktabs) and CSV.
-- A cell is mean ± std (ddof=1) over the seeds that finished; a cell with fewer seeds than the table's other cells
-  (the seeds asked) is marked "(n=k)", never silently averaged over fewer.
-- Per column the best cell is bold and the second best underlined (LaTeX) / italic (markdown), lower-is-better
-  metrics (BER, MAE, mBER) counted as such.
-- Significance of best vs second per column: a paired t-test over the seeds both finished (same seed = same data
-  order and initialisation) and a paired bootstrap over test images (10,000 resamples of the per-image values
-  averaged over common seeds; per-image metrics only). The best cell gets "§" (t-test) and/or "†" (bootstrap)
-  when p < 0.05, one-sided.
-- A cell of a searching method (NAS-LoRA) whose architecture search did not engage in some seed is marked "‡"
-  (k of n seeds), with a footnote: it is not a NAS result.
-- `--reference` adds the paper's published numbers (peftbench/reference/paper_results.csv, transcribed from its
-  Tables 1-3, 5, 6-9 and D1) as "paper: <method>" rows beside ours, where a column matches: a main table shows
-  the rows of Tables 1-3 and 5, an ablation table those of its own paper table.
+- tables/metrics and tables/timing (`write_tables`): every test metric, and every run's throughput and memory per
+  device and CPU setting, mean ± std per method.
+- The paper's layouts where their datasets were run (Table 1: binary benchmarks; Table 2: Trans10K-v1 easy/hard;
+  Table 3: Trans10K-v2 per category; Table 5: timing; one table per ablation: its variants and the methods they
+  are compared with); every other dataset gets the generic layout. Each is written as markdown, LaTeX (booktabs)
+  and CSV.
+  - A cell is mean ± std (ddof=1) over the seeds that finished; a cell with fewer seeds than the table's other
+    cells (the seeds asked) is marked "(n=k)", never silently averaged over fewer.
+  - Per column the best cell is bold and the second best underlined (LaTeX) / italic (markdown), lower-is-better
+    metrics (BER, MAE, mBER) counted as such.
+  - Significance of best vs second per column: a paired t-test over the seeds both finished (same seed = same data
+    order and initialisation) and a paired bootstrap over test images (10,000 resamples of the per-image values
+    averaged over common seeds; per-image metrics only). The best cell gets "§" (t-test) and/or "†" (bootstrap)
+    when p < 0.05, one-sided.
+  - A cell of a searching method (NAS-LoRA) whose architecture search did not engage in some seed is marked "‡"
+    (k of n seeds), with a footnote: it is not a NAS result.
+  - `--reference` adds the paper's published numbers (peftbench/reference/paper_results.csv, transcribed from its
+    Tables 1-3, 5, 6-9 and D1) as "paper: <method>" rows beside ours, where a column matches: a main table shows
+    the rows of Tables 1-3 and 5, an ablation table those of its own paper table.
+- tables/miniature: the two questions of the miniature experiment (a tiny SAM pretrained by `peftbench
+  pretrain-tiny`, adapted to the synthetic domains). 1. Does the pretrained encoder help? The control on a random
+  backbone (decoder_only_random) against the method it controls (decoder_only, the same architecture pretrained).
+  2. Do LoRA-family adapters help beyond the decoder? Every LoRA-family method present against that reference.
+  And a LoRA-family method compared with another (NAS-PC-LoRA with LoRA) against it, with how far its search
+  moved (max |p - 1/K| of the learned operation distribution, per seed; see methods/nas_lora.py). Per dataset and
+  test set the card's selection metric is compared; a comparison reads "yes" / "no" with the mean difference and
+  the one-sided paired t-test p over the seeds both runs have. Nothing there is tuned: it reports what the
+  records say.
 """
 
 from __future__ import annotations
@@ -29,26 +44,160 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats as scipy_stats
 
 from .figures import write_figures
-from .methods import method_specs
-from .metrics import METRICS
 from .records import SEARCH_MARK, SEARCH_NOTE, load_records, set_label, unsearched, write_csv_atomic, write_text_atomic
+from .stats import LOWER_IS_BETTER, paired_bootstrap_p, paired_t_p
 
 REFERENCE_FILE = Path(__file__).parent / "reference" / "paper_results.csv"
-LOWER_IS_BETTER = {name for name, m in METRICS.items() if not m.higher_is_better} | {
-    "mae", "mber", "train_min_per_epoch", "train_min_per_epoch_search", "peak_memory_mib"}
-NON_PEFT = {"full_ft", "domain_specific", "sam_scratch", "translab", "trans2seg"}
 TABLE1_DATASETS = ["polyp/kvasir", "polyp/cvc", "isic2017", "cod/camo", "sbu", "leaf", "road"]
-TIMING = {"train_iter_per_s": "Train iter/s", "train_min_per_epoch": "Train min/epoch",
-          "arch_iter_per_s": "Search: architecture iter/s", "train_min_per_epoch_search": "Search: min/epoch",
-          "infer_img_per_s": "Inference img/s", "peak_memory_mib": "Peak memory (MiB)"}
-
-
+# The timing columns of every table: record key -> title (tables/timing shows the titles, Table 5 the keys).
+TIMING = {
+    "train_iter_per_s": "Train iter/s",
+    "train_images_per_s": "Train img/s",
+    "train_min_per_epoch": "Train min/epoch",
+    "arch_iter_per_s": "Search: architecture iter/s",  # NAS-LoRA: architecture passes, timed apart (Table 5)
+    "train_min_per_epoch_search": "Search: min/epoch",
+    "infer_img_per_s": "Inference img/s",
+    "peak_memory_mib": "Peak memory (MiB)",
+}
+PARAMS = "Params(M)/Ratio(%)"
+# What a run's timings depend on besides its method: the timing table's row keys.
+RUN_SETTING = ["device", "CPU runs x threads", "inference model"]
 TIMING_NOTE = ("Absolute timings are only comparable on one device and, on a CPU, one setting of runs in parallel x "
                "threads per run (the records' cpu_workers, threads_per_run; tables/timing.md shows it); see "
                "`peftbench bench`.")
+MAIN_REFERENCE_TABLES = ("Table 1", "Table 2", "Table 3", "Table 5")
+
+
+def long_frame(records: list[dict]) -> pd.DataFrame:
+    """One row per (method, dataset label, metric, seed) with the test value, the TIMING metrics included under the
+    dataset's name; each row also states its run's setting (RUN_SETTING)."""
+    rows = []
+    for r in records:
+        run = {"method": r["method"], "seed": r["seed"], **_run_setting(r)}
+        for test, values in r["metrics"].items():
+            label = set_label(r["dataset"], test)
+            rows += [{**run, "dataset": label, "metric": m, "value": v} for m, v in values.items()]
+        rows += [{**run, "dataset": r["dataset"], "metric": m, "value": v} for m, v in r["timing"].items() if m in TIMING]
+    return pd.DataFrame(rows, columns=["method", "dataset", "metric", "seed", "value", *RUN_SETTING])
+
+
+def _run_setting(record: dict) -> dict:
+    """The device, how many CPU runs ran in parallel with how many torch threads each ("–" on a GPU) and the model
+    inference ran; "–" where a record (one written by hand) does not say."""
+    config = record.get("config", {})
+    workers, threads = config.get("cpu_workers"), config.get("threads_per_run")
+    return {"device": record.get("device", {}).get("name", "–"),
+            "CPU runs x threads": f"{workers} x {threads}" if workers and threads else "–",
+            "inference model": record["timing"].get("inference_model", "–")}
+
+
+def params_cells(records: list[dict]) -> dict[str, str]:
+    """Method -> its PARAMS cell, trainable M / ratio: a range where datasets differ (a multi-class head adds
+    parameters)."""
+    by_method: dict[str, list[dict]] = {}
+    for r in records:
+        by_method.setdefault(r["method"], []).append(r["params"])
+    return {m: _params_range(values) for m, values in by_method.items()}
+
+
+def _params_range(values: list[dict]) -> str:
+    lo, hi = min(values, key=lambda p: p["trainable"]), max(values, key=lambda p: p["trainable"])
+    return _params_text(lo) if lo["trainable"] == hi["trainable"] else f"{_params_text(lo)} – {_params_text(hi)}"
+
+
+def _params_text(params: dict) -> str:
+    return f"{params['trainable'] / 1e6:.3f}/{params['ratio_percent']:.2f}%"
+
+
+def method_infos(records: list[dict]) -> dict[str, dict]:
+    """Row label (a record's method, as load_records labelled it) -> its method_info, in the records' order."""
+    infos: dict[str, dict] = {}
+    for r in records:
+        infos.setdefault(r["method"], r["method_info"])
+    return infos
+
+
+def baselines(method: str, infos: dict[str, dict]) -> list[str]:
+    """The rows of the method that `method` is compared with (its baseline; several rows where load_records split
+    it by config), in row order."""
+    name = infos[method]["baseline"]
+    return [m for m, info in infos.items() if name and info["name"] == name]
+
+
+def _mean_std(df: pd.DataFrame, keys: list[str], decimals: int | None) -> tuple[pd.DataFrame, pd.Series]:
+    """Aggregated (mean, std with ddof=1, n) and the 'mean ± std' strings: `decimals` fixed decimals, or None for
+    three significant digits (timings span orders of magnitude between a CPU and a GPU)."""
+    stats = df.groupby(keys, sort=False)["value"].agg(["mean", "std", "count"]).reset_index()
+
+    def cell(s: pd.Series) -> str:
+        mean = f"{s['mean']:.3g}" if decimals is None else f"{s['mean']:.{decimals}f}"
+        if pd.isna(s["std"]):  # one seed: the spread is undefined, not 0
+            return f"{mean} (n=1)"
+        return f"{mean} ± {s['std']:.2g}" if decimals is None else f"{mean} ± {s['std']:.{decimals}f}"
+
+    return stats, stats.apply(cell, axis=1)
+
+
+def metrics_table(records: list[dict], df: pd.DataFrame, decimals: int = 2) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(methods x (dataset, metric) cells 'mean ± std', long stats for CSV); `df`: the records' long_frame."""
+    quality = df[~df["metric"].isin(TIMING) & ~df["metric"].str.startswith("iou_")]  # per-category IoUs: Table 3
+    stats, text = _mean_std(quality, ["method", "dataset", "metric"], decimals)
+    not_engaged = unsearched(records)
+
+    def marked(cell: str, method: str, label: str) -> str:  # a NAS run whose search did not engage
+        seeds = not_engaged.get((method, label.split("/")[0]))
+        return f"{cell} {SEARCH_MARK} {seeds[0]}/{seeds[1]}" if seeds else cell
+
+    text = [marked(*row) for row in zip(text, stats["method"], stats["dataset"])]
+    table = stats.assign(cell=text).pivot(index="method", columns=["dataset", "metric"], values="cell")
+    table = table.reindex(index=list(dict.fromkeys(stats["method"])))
+    table.insert(0, ("", PARAMS), pd.Series(params_cells(records)))
+    return table, stats
+
+
+def timing_table(df: pd.DataFrame, decimals: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Like the paper's Table 5: per dataset, method and run setting, training and inference throughput and peak
+    memory; `df`: the records' long_frame."""
+    keys = ["dataset", "method", *RUN_SETTING]
+    stats, text = _mean_std(df[df["metric"].isin(TIMING)], [*keys, "metric"], decimals)
+    table = stats.assign(cell=text).pivot(index=keys, columns="metric", values="cell")
+    table = table[[c for c in TIMING if c in table.columns]].rename(columns=TIMING)
+    return table, stats
+
+
+def _write(table: pd.DataFrame, stats: pd.DataFrame, stem: Path, caption: str) -> list[Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    md, tex, csv = stem.with_suffix(".md"), stem.with_suffix(".tex"), stem.with_suffix(".csv")
+    flat = table.reset_index()
+    flat.columns = [" ".join(str(part) for part in col if part).strip() if isinstance(col, tuple) else col
+                    for col in flat.columns]
+    write_text_atomic(md, f"{caption}\n\n{flat.to_markdown(index=False)}\n")
+    write_text_atomic(tex, table.to_latex(caption=caption.replace("±", r"$\pm$"), escape=True)
+                      .replace("±", r"$\pm$").replace(SEARCH_MARK, r"$\ddagger$"))
+    write_csv_atomic(csv, stats)
+    return [md, tex, csv]
+
+
+def write_tables(out: Path) -> list[Path]:
+    """tables/metrics and tables/timing from the records under `out`/runs, into `out`/tables. Returns the files."""
+    records = load_records(out)
+    if not records:
+        return []
+    df = long_frame(records)
+    seeds = sorted({r["seed"] for r in records})
+    tables = Path(out) / "tables"
+    metric_caption = f"Test metrics (%), mean ± std over seeds {seeds} (std with ddof=1); ber: lower is better."
+    if unsearched(records):
+        metric_caption += " " + SEARCH_NOTE
+    timing_caption = ("Throughput and peak memory, mean ± std over seeds (absolute values only comparable on one device). "
+                      "Inference model: 'merged' = adapter folded into the frozen weights (plain SAM at inference), "
+                      "'unmerged' = the adapter runs at inference. CPU runs x threads: runs trained in parallel and "
+                      "torch threads of each (--cpu-workers, --threads-per-run); timings compare only within one "
+                      "such setting.")
+    return (_write(*metrics_table(records, df), tables / "metrics", metric_caption)
+            + _write(*timing_table(df), tables / "timing", timing_caption))
 
 
 @dataclass
@@ -62,19 +211,6 @@ class Table:
     notes: list[str] = field(default_factory=list)
 
 
-def long_frame(records: list[dict]) -> pd.DataFrame:
-    """One row per (method, dataset label, metric, seed) with the test value; timing metrics included."""
-    rows = []
-    for r in records:
-        for test, values in r["metrics"].items():
-            label = set_label(r["dataset"], test)
-            rows += [{"method": r["method"], "dataset": label, "metric": m, "seed": r["seed"], "value": v}
-                     for m, v in values.items()]
-        rows += [{"method": r["method"], "dataset": r["dataset"], "metric": m, "seed": r["seed"], "value": v}
-                 for m, v in r["timing"].items() if m in TIMING]
-    return pd.DataFrame(rows, columns=["method", "dataset", "metric", "seed", "value"])
-
-
 def per_image(records: list[dict]) -> dict[tuple, dict[int, np.ndarray]]:
     """(method, dataset label, metric) -> {seed: per-image values in test-set order}."""
     out: dict[tuple, dict[int, np.ndarray]] = {}
@@ -84,33 +220,6 @@ def per_image(records: list[dict]) -> dict[tuple, dict[int, np.ndarray]]:
             for metric, v in values.items():
                 out.setdefault((r["method"], label, metric), {})[r["seed"]] = 100.0 * np.asarray(v, dtype=float)
     return out
-
-
-def paired_t_p(a: dict[int, float], b: dict[int, float], higher: bool) -> float | None:
-    """One-sided p of 'a better than b' over the seeds both have (None with fewer than 2 common seeds)."""
-    seeds = sorted(set(a) & set(b))
-    if len(seeds) < 2:
-        return None
-    diff = np.array([a[s] - b[s] for s in seeds]) * (1 if higher else -1)
-    if np.allclose(diff, diff[0]):
-        return 0.0 if diff[0] > 0 else 1.0
-    return float(scipy_stats.ttest_1samp(diff, 0.0, alternative="greater").pvalue)
-
-
-def paired_bootstrap_p(a: dict[int, np.ndarray], b: dict[int, np.ndarray], higher: bool, resamples: int = 10_000,
-                       seed: int = 0) -> float | None:
-    """One-sided p of 'a better than b': resample test images, compare means of per-image values (averaged over
-    the seeds both have). None without common seeds or with different test sets."""
-    seeds = sorted(set(a) & set(b))
-    if not seeds or any(len(a[s]) != len(b[s]) for s in seeds):
-        return None
-    diff = (np.mean([a[s] for s in seeds], axis=0) - np.mean([b[s] for s in seeds], axis=0)) * (1 if higher else -1)
-    diff = diff[np.isfinite(diff)]  # images a metric is undefined on (e.g. no foreground class) carry no evidence
-    if not len(diff):
-        return None
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
-    return float((np.sum(means <= 0) + 1) / (resamples + 1))
 
 
 def column_stats(df: pd.DataFrame, images: dict, table: Table, seeds_asked: int) -> pd.DataFrame:
@@ -168,21 +277,19 @@ def _latex_escape(text: str) -> str:
     return "".join("\\" + c if c in "&%$#_{}" else c for c in text)
 
 
-MAIN_REFERENCE_TABLES = ("Table 1", "Table 2", "Table 3", "Table 5")
-
-
 def render(table: Table, stats: pd.DataFrame, reference: pd.DataFrame | None, params: dict[str, str],
-           not_engaged: dict[tuple[str, str], tuple[int, int]] | None = None) -> dict:
-    """{"md": ..., "tex": ...} for `table`; `not_engaged`: (method, dataset) -> (k, n) seeds whose architecture
-    search did not engage (see records.unsearched)."""
+           infos: dict[str, dict], not_engaged: dict[tuple[str, str], tuple[int, int]] | None = None) -> dict:
+    """{"md": ..., "tex": ...} for `table`, its methods grouped by their method_info's group (`infos`, see
+    method_infos): Non-PEFT, PEFT, then any other; `not_engaged`: (method, dataset) -> (k, n) seeds whose
+    architecture search did not engage (see records.unsearched)."""
     lookup = {(r["method"], r["dataset"], r["metric"]): r for _, r in stats.iterrows()}
     not_engaged = {key: value for key, value in (not_engaged or {}).items()
                    if key[0] in table.methods and any(d.split("/")[0] == key[1] for d, _ in table.columns)}
     if reference is not None:  # the paper's rows of the table this one reproduces
         own = [t for t in dict.fromkeys(reference["table"]) if table.name == f"ablation_{t.lower().replace(' ', '')}"]
         reference = reference[reference["table"].isin(own or MAIN_REFERENCE_TABLES)]
-    groups = [("Non-PEFT methods", [m for m in table.methods if m in NON_PEFT]),
-              ("PEFT methods", [m for m in table.methods if m not in NON_PEFT])]
+    titles = dict.fromkeys(["Non-PEFT", "PEFT", *(infos[m]["group"] for m in table.methods)])
+    groups = [(f"{title} methods", [m for m in table.methods if infos[m]["group"] == title]) for title in titles]
     ref_rows = []
     if reference is not None:
         for method in dict.fromkeys(reference["method"]):
@@ -191,7 +298,7 @@ def render(table: Table, stats: pd.DataFrame, reference: pd.DataFrame | None, pa
             cells = [values.get(c) for c in table.columns]
             if any(v is not None for v in cells):
                 ref_rows.append((f"paper: {method}", ["–" if v is None else str(v) for v in cells]))
-    header = ["method", "Params(M)/Ratio(%)", *[f"{d} {m}" for d, m in table.columns]]
+    header = ["method", PARAMS, *[f"{d} {m}" for d, m in table.columns]]
     md = [f"{table.caption}\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     ncol = len(header)
     datasets = list(dict.fromkeys(d for d, _ in table.columns))
@@ -199,7 +306,7 @@ def render(table: Table, stats: pd.DataFrame, reference: pd.DataFrame | None, pa
            rf"\label{{tab:{table.name}}}", r"\begin{tabular}{ll" + "c" * len(table.columns) + "}", r"\toprule",
            " & & " + " & ".join(rf"\multicolumn{{{sum(d == x for x, _ in table.columns)}}}{{c}}{{{_latex_escape(d)}}}"
                                   for d in datasets) + r" \\",
-           "Method & Params(M)/Ratio(\\%) & " + " & ".join(_latex_escape(m) for _, m in table.columns) + r" \\"]
+           f"Method & {_latex_escape(PARAMS)} & " + " & ".join(_latex_escape(m) for _, m in table.columns) + r" \\"]
     for title, methods in groups:
         if not methods:
             continue
@@ -231,19 +338,11 @@ def render(table: Table, stats: pd.DataFrame, reference: pd.DataFrame | None, pa
     return {"md": "\n".join(md) + "\n", "tex": "\n".join(tex) + "\n"}
 
 
-def _params(records: list[dict]) -> dict[str, str]:
-    out: dict[str, list] = {}
-    for r in records:
-        out.setdefault(r["method"], []).append(r["params"])
-    return {m: f"{max(p['trainable'] for p in v) / 1e6:.3f}/{max(p['ratio_percent'] for p in v):.2f}%"
-            for m, v in out.items()}
-
-
 def plan_tables(records: list[dict], df: pd.DataFrame) -> list[Table]:
-    """The tables these records can fill, in the paper's layouts where their datasets are present."""
-    registry = method_specs()  # which paper table a variant belongs to (a method no longer registered: none)
-    ablations = {r["method"]: registry[r["method"]].ablation if r["method"] in registry else "" for r in records}
-    main = [m for m in dict.fromkeys(r["method"] for r in records) if not ablations.get(m)]
+    """The tables these records can fill, in the paper's layouts where their datasets are present: the main
+    methods (no ablation) in each, and per ablation its variants with the methods they are compared with."""
+    infos = method_infos(records)
+    main = [m for m, info in infos.items() if not info["ablation"]]
     # The paper's columns for each dataset are its card's `metrics`, in the card's order; datasets in order of
     # appearance. The card's `extra_metrics` go to a table of their own.
     # (A record whose card lists no metrics, e.g. one written by hand, shows all of them.)
@@ -304,9 +403,10 @@ def plan_tables(records: list[dict], df: pd.DataFrame) -> list[Table]:
     if timing:
         tables.append(Table("table5_timing", "Training and inference cost (the paper's Table 5 layout).", timing,
                             main, [TIMING_NOTE]))
-    for ablation in sorted({a for a in ablations.values() if a}):
-        variants = [m for m, a in ablations.items() if a == ablation]
-        base = [m for m in ("nas_lora", "nas_pc_lora") if m in main]
+    for ablation in sorted({info["ablation"] for info in infos.values()} - {""}):
+        variants = [m for m, info in infos.items() if info["ablation"] == ablation]
+        compared = {b for m in variants for b in baselines(m, infos)}
+        base = [m for m in main if m in compared]
         cols = [c for c in columns + more if not df[(df["method"].isin(variants)) & (df["dataset"] == c[0])].empty]
         tables.append(Table(f"ablation_{ablation.lower().replace(' ', '')}", f"Ablation: paper {ablation}.", cols,
                             base + variants))
@@ -335,6 +435,99 @@ def table_notes(table: Table, definitions: dict[tuple[str, str], str]) -> list[s
         if text and dataset not in covered.setdefault((metric, text), []):
             covered[(metric, text)].append(dataset)
     return [f"{metric} ({', '.join(names)}): {text}" for (metric, text), names in covered.items()]
+
+
+def control_pair(infos: dict[str, dict]) -> tuple[str, str] | None:
+    """(control, reference) of the miniature's first question: the first control on the random backbone whose
+    baseline ran too (decoder_only_random, decoder_only); None without one. `infos`: see method_infos."""
+    pairs = [(m, b) for m, info in infos.items() if info["control"] and info["backbone"] == "random"
+             for b in baselines(m, infos)]
+    return pairs[0] if pairs else None
+
+
+def lora_family(infos: dict[str, dict]) -> list[str]:
+    """The LoRA-family methods of the main comparison (lineage "lora"; no ablation variant, no control)."""
+    return [m for m, info in infos.items() if info["lineage"] == "lora" and not info["ablation"] and not info["control"]]
+
+
+def _verdict(a: dict[int, float], b: dict[int, float], higher: bool) -> str:
+    """'yes'/'no' for "a better than b" by mean, with the mean difference and the paired t-test p."""
+    if not a or not b:
+        return ""
+    diff = np.mean(list(a.values())) - np.mean(list(b.values()))
+    p = paired_t_p(a, b, higher)
+    better = diff > 0 if higher else diff < 0
+    return f"{'yes' if better else 'no'} ({diff:+.2f}" + (f", p={p:.3f})" if p is not None else ")")
+
+
+def _mean_text(by_seed: dict[int, float]) -> str:
+    """mean ± std (ddof=1) over seeds; empty when the method did not run."""
+    values = list(by_seed.values())
+    if not values:
+        return ""
+    std = f" ± {np.std(values, ddof=1):.2f}" if len(values) > 1 else ""
+    return f"{np.mean(values):.2f}{std}"
+
+
+def _search_cells(records: list[dict], method: str) -> dict[str, str]:
+    """dataset -> how far `method`'s learned operation distribution left uniform, per seed, and how many engaged."""
+    by_dataset: dict[str, list[dict]] = {}
+    for r in sorted(records, key=lambda r: r["seed"]):
+        if r["method"] == method and "max_abs_deviation" in (r.get("statistics") or {}):
+            by_dataset.setdefault(r["dataset"], []).append(r["statistics"])
+    return {d: ", ".join(f"{s['max_abs_deviation']:.3f}" for s in stats)
+            + f" ({sum(s['search_engaged'] for s in stats)}/{len(stats)} engaged)" for d, stats in by_dataset.items()}
+
+
+def miniature_table(records: list[dict], df: pd.DataFrame) -> pd.DataFrame | None:
+    """One row per dataset / test set, or None without a control pair (see control_pair). Columns: the control,
+    its reference and the LoRA-family methods; the two questions' answers; and "<m> > <b>" for each LoRA-family
+    method m compared with another, b, followed by m's search where its records state one. `df`: the records'
+    long_frame."""
+    infos = method_infos(records)
+    if (pair := control_pair(infos)) is None:
+        return None
+    control, reference = pair
+    lora = lora_family(infos)
+    compared = {m: [b for b in baselines(m, infos) if b in lora] for m in lora}
+    select = {r["dataset"]: r["selection"]["metric"] for r in records}
+    search = {m: _search_cells(records, m) for m in lora}
+    rows = []
+    for label in dict.fromkeys(df["dataset"]):
+        metric = select.get(label.split("/")[0])
+        sub = df[(df["dataset"] == label) & (df["metric"] == metric)]
+        if sub.empty:
+            continue
+        higher = metric not in LOWER_IS_BETTER
+        seeds = {m: dict(zip(g["seed"], g["value"])) for m, g in sub.groupby("method")}
+        row = {"dataset": label, "metric": metric, **{m: _mean_text(seeds.get(m, {})) for m in [control, reference, *lora]},
+               "pretrained > random": _verdict(seeds.get(reference, {}), seeds.get(control, {}), higher)}
+        wins = [m for m in lora if _verdict(seeds.get(m, {}), seeds.get(reference, {}), higher).startswith("yes")]
+        row["LoRA-family > decoder-only"] = f"{len(wins)}/{sum(m in seeds for m in lora)}"
+        for method, base in ((m, b) for m in lora for b in compared[m] if b in seeds):
+            row[f"{method} > {base}"] = _verdict(seeds.get(method, {}), seeds[base], higher)
+            if search[method]:
+                row[f"{method} search: max abs(p - 1/K)"] = search[method].get(label.split("/")[0], "")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_miniature(records: list[dict], df: pd.DataFrame, folder: Path) -> list[Path]:
+    """tables/miniature.{md,csv} (see miniature_table); nothing without a control pair."""
+    table = miniature_table(records, df)
+    if table is None or table.empty:
+        return []
+    control, reference = control_pair(method_infos(records))
+    note = (f"Selection metric of each card on its test sets, mean ± std over seeds. \"pretrained > random\": "
+            f"{reference} on the pretrained tiny SAM against {control} (mean difference, one-sided paired "
+            f"t-test over seeds). \"LoRA-family > decoder-only\": LoRA-family methods whose mean beats {reference}. "
+            "\"<method> > lora\": a searching method against LoRA, likewise. \"search\": max abs(p - 1/K) of its "
+            "operation distribution per seed (uniform: 0); a search engaged when it took architecture steps and "
+            "moved it at least 0.01.")
+    md, csv = folder / "miniature.md", folder / "miniature.csv"
+    write_text_atomic(md, table.to_markdown(index=False, disable_numparse=True) + "\n\n" + note + "\n")
+    write_csv_atomic(csv, table)
+    return [md, csv]
 
 
 def _figure_html(path: Path) -> str:
@@ -375,10 +568,10 @@ def _markdown_html(markdown: str) -> list[str]:
 
 def write_html(out: Path, tables: list[tuple[str, str]], figures: list[Path]) -> Path:
     """results/report.html: every table (name, markdown) and every PNG inlined; no external assets."""
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>peftbench report</title><style>"
-             "body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:12px}"
-             "td,th{border:1px solid #ccc;padding:2px 6px;white-space:nowrap}div.wide{overflow-x:auto}"
-             "p{font-size:13px}img{max-width:640px}</style></head><body>", "<h1>peftbench report</h1>"]
+    parts = [("<!DOCTYPE html><html><head><meta charset='utf-8'><title>peftbench report</title><style>"
+              "body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:12px}"
+              "td,th{border:1px solid #ccc;padding:2px 6px;white-space:nowrap}div.wide{overflow-x:auto}"
+              "p{font-size:13px}img{max-width:640px}</style></head><body>"), "<h1>peftbench report</h1>"]
     for name, markdown in tables:
         parts += [f"<h2>{html.escape(name)}</h2>", *_markdown_html(markdown)]
     parts.append("<h2>Figures</h2>")
@@ -398,7 +591,7 @@ def build_report(out: Path, reference: bool = False, warn: Callable[[str], None]
     df, images = long_frame(records), per_image(records)
     seeds_asked = len({r["seed"] for r in records})
     ref = pd.read_csv(REFERENCE_FILE, dtype=str) if reference else None
-    params, not_engaged = _params(records), unsearched(records)
+    infos, not_engaged = method_infos(records), unsearched(records)
     folder = Path(out) / "tables"
     folder.mkdir(parents=True, exist_ok=True)
     written, rendered, reference_rows = [], [], 0
@@ -406,7 +599,9 @@ def build_report(out: Path, reference: bool = False, warn: Callable[[str], None]
     for table in plan_tables(records, df):
         table.notes += table_notes(table, definitions)
         stats = column_stats(df, images, table, seeds_asked)
-        text = render(table, stats, ref, params, not_engaged)
+        shown = {label.split("/")[0] for label, _ in table.columns}  # its own runs' parameters (heads differ)
+        text = render(table, stats, ref, params_cells([r for r in records if r["dataset"] in shown]), infos,
+                      not_engaged)
         rendered.append((table.name, text["md"]))
         reference_rows += text["md"].count("| paper: ")
         for ext in ("md", "tex"):
@@ -414,13 +609,11 @@ def build_report(out: Path, reference: bool = False, warn: Callable[[str], None]
             written.append(folder / f"{table.name}.{ext}")
         write_csv_atomic(folder / f"{table.name}.csv", stats)
         written.append(folder / f"{table.name}.csv")
-    from .miniature import write_miniature  # deferred: it builds on this module
-
     miniature = write_miniature(records, df, folder)
     if miniature:  # the default run's answer first
         rendered.insert(0, ("miniature", miniature[0].read_text()))
     if reference and not reference_rows:
         warn("--reference: none of these results has a counterpart in the paper's tables (its datasets and "
              "methods), so no published number is shown")
-    figures = write_figures(out)
+    figures = write_figures(records, out)
     return written + miniature + figures + [write_html(out, rendered, figures)]

@@ -9,7 +9,6 @@ against the sha256 in `weights/tiny_sam.json`); `tiny_random` is the same archit
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache, partial
@@ -19,6 +18,7 @@ import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from .errors import UserError
+from .hashing import file_sha256
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def read_checkpoint(path: str) -> dict:
         raise UserError(f"--checkpoint {path}: file not found; download the official file (see README) or fix the path")
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a corrupt or foreign file
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a corrupt or foreign file
         raise UserError(f"--checkpoint {path}: not a readable PyTorch state dict ({type(err).__name__})") from None
     if isinstance(state_dict, dict) and isinstance(state_dict.get("model"), dict):
         state_dict = state_dict["model"]
@@ -150,7 +150,7 @@ def tiny_weights_sha256() -> str:
 def read_tiny_weights() -> dict:
     """The shipped pretrained tiny SAM state dict, after checking its sha256 against its record."""
     expected = tiny_weights_sha256()
-    if not TINY_WEIGHTS.is_file() or hashlib.sha256(TINY_WEIGHTS.read_bytes()).hexdigest() != expected:
+    if not TINY_WEIGHTS.is_file() or file_sha256(TINY_WEIGHTS) != expected:
         raise UserError(f"{TINY_WEIGHTS}: missing or corrupt (sha256 differs from its .json); reinstall peftbench "
                         f"or rerun `peftbench pretrain-tiny --out {TINY_WEIGHTS}` (--sam tiny_random needs no weights)")
     return torch.load(TINY_WEIGHTS, map_location="cpu", weights_only=True)

@@ -24,9 +24,10 @@ from peftbench.data import dataset_cards, resolve_dataset
 from peftbench.data.cards import is_prepared
 from peftbench.data.files import read_manifest
 from peftbench.data.layouts import trans10k_v2_index, voc_palette
-from peftbench.data.prepare import file_digest, prepare, safe_extract
+from peftbench.data.prepare import prepare, safe_extract
 from peftbench.data.validate import validate_pairs
 from peftbench.errors import UserError
+from peftbench.hashing import file_sha256
 
 CARDS = dataset_cards()
 
@@ -85,7 +86,7 @@ def test_every_conv_lora_archive_prepares(name, tmp_path):
     assert record["source"] == "convlora" and record["counts"] == counts
     assert {k: len(v) for k, v in read_manifest(out).items()} == counts
     assert record["missing_test_sets"] == (["cod10k", "chameleon"] if name == "cod" else [])
-    assert record["inputs"][0]["sha256"] == file_digest(inputs[0])[0]
+    assert record["inputs"][0]["sha256"] == file_sha256(inputs[0])
 
 
 def test_sinet_packaging_given_as_a_folder(tmp_path):
@@ -270,13 +271,13 @@ def test_interrupted_download_resumes_with_a_range_request(server, tmp_path):
     assert state["requests"] == [("/SBU-shadow.zip", None), ("/SBU-shadow.zip", f"bytes={half}-")]
     assert "resuming" in text and prepared_json(out)["counts"]["train"] == 5
     # two card entries are called SBU-shadow.zip and neither has this URL: no entry (nothing to verify against)
-    assert file_digest(out / "downloads" / "other" / "SBU-shadow.zip") == file_digest(archive)
+    assert file_sha256(out / "downloads" / "other" / "SBU-shadow.zip") == file_sha256(archive)
 
 
 def test_card_download_verifies_checksum_and_size(server, tmp_path):
     base, served, _ = server
     archive = _served_convlora(served, tmp_path)
-    sha, size = file_digest(archive)
+    sha, size = file_sha256(archive), archive.stat().st_size
     entry = {"name": "convlora", "layout": "convlora", "url": f"{base}/SBU-shadow.zip"}
     card = dataclasses.replace(CARDS["sbu"], sources=[{**entry, "sha256": "0" * 64, "size": size}])
     with pytest.raises(UserError, match=f"sha256 {sha}, the card expects {'0' * 64}"):
@@ -422,7 +423,7 @@ def test_one_training_step_on_each_prepared_dataset(layout, name, tmp_path):
 
 def test_shared_file_name_is_matched_to_the_entry_with_its_checksum(tmp_path):
     (archive,), _ = fx.build("official", "sbu", tmp_path / "src")  # SBU-shadow.zip, as the Conv-LoRA archive
-    sha, size = file_digest(archive)
+    sha, size = file_sha256(archive), archive.stat().st_size
     card = dataclasses.replace(CARDS["sbu"], sources=[
         {**CARDS["sbu"].sources[0], "sha256": "f" * 64}, {**CARDS["sbu"].sources[1], "sha256": sha, "size": size}])
     out, text = run_prepare(card, [archive], tmp_path / "data")

@@ -1,5 +1,6 @@
 """`peftbench report` on constructed records: ranks, ties, lower-is-better, missing seeds, significance, LaTeX
-structure, the paper's reference rows and the self-contained HTML page."""
+structure, the paper's reference rows, the self-contained HTML page, and the records as the report's only input
+(their method_info, schema-1 records migrated, never the method registry)."""
 
 import html
 import json
@@ -11,14 +12,37 @@ import numpy as np
 import pytest
 
 from peftbench.cli import main
-from peftbench.records import record_path, write_json_atomic
-from peftbench.report import build_report, paired_bootstrap_p, paired_t_p
-from peftbench.tables import write_tables
+from peftbench.methods import registry
+from peftbench.records import load_records, record_path, write_json_atomic
+from peftbench.report import build_report, long_frame, miniature_table, plan_tables, write_tables
+from peftbench.stats import paired_bootstrap_p, paired_t_p
 
 IMAGES = 20
 
 
-def write_record(out, method, dataset, seed, iou, ber, rng):
+def info(name, family, lineage="", group="PEFT", ablation="", baseline="", backbone="pretrained", control=False,
+         merge_kind="exact"):
+    """A method_info as a record stores it (MethodSpec.info()); no description, as a migrated schema-1 record's."""
+    return {"name": name, "family": family, "description": "", "group": group, "lineage": lineage or family,
+            "ablation": ablation, "baseline": baseline, "backbone": backbone, "control": control,
+            "merge_kind": merge_kind}
+
+
+# What the records of the methods these tests fabricate say of them, written out: the tests need no registry.
+INFO = {i["name"]: i for i in [
+    info("bitfit", "bitfit"), info("lora", "lora", "lora"), info("dora", "dora", "lora"),
+    info("vera", "vera", "lora"), info("full_ft", "full_ft", group="Non-PEFT"), info("decoder_only", "decoder_only"),
+    info("decoder_only_random", "decoder_only", baseline="decoder_only", backbone="random", control=True),
+    info("nas_lora", "nas_lora", "lora", baseline="lora", merge_kind="approximate"),
+    info("nas_pc_lora", "nas_lora", "lora", baseline="lora", merge_kind="approximate"),
+    info("nas_pc_lora_r6", "nas_lora", "lora", "PEFT", "Table 7", "nas_pc_lora", merge_kind="approximate"),
+    info("nas_pc_lora_no_conv", "nas_lora", "lora", "PEFT", "Table 6", "nas_pc_lora", merge_kind="approximate"),
+]}
+
+
+def write_record(out, method, dataset, seed, iou, ber, rng, schema=2, method_info=None, statistics=None):
+    """A record as a run writes it (schema 2: with its method_info, INFO's by default; schema 1: without)."""
+    method_info = method_info or INFO[method]
     per_image_iou = np.clip(iou / 100 + 0.05 * rng.standard_normal(IMAGES), 0, 1)
     per_image_iou += iou / 100 - per_image_iou.mean()  # exact mean, so the table value is `iou`
     record = {
@@ -28,9 +52,12 @@ def write_record(out, method, dataset, seed, iou, ber, rng):
         "params": {"trainable": 1000, "ratio_percent": 0.1, "total": 10**6, "sam_total": 10**6},
         "timing": {"train_iter_per_s": 10.0 + seed, "train_min_per_epoch": 1.0, "infer_img_per_s": 20.0,
                    "peak_memory_mib": 100.0, "inference_model": "merged"},
-        "config": {"dataset": {"kind": "binary"}, "method": {"name": method}},
+        "config": {"dataset": {"kind": "binary"},
+                   "method": {key: method_info[key] for key in ("name", "family", "backbone")}},
         "selection": {"metric": "iou"}, "device": {"name": "cpu"},
         "history": [{"epoch": 0, "val": {"iou": iou - 5}}, {"epoch": 1, "val": {"iou": iou}}],
+        **({"method_info": method_info, "schema": 2} if schema == 2 else {}),
+        **({"statistics": statistics} if statistics else {}),
     }
     write_json_atomic(record_path(out, dataset, method, seed), record)
 
@@ -134,10 +161,6 @@ def test_paper_layouts_for_trans10k_and_ablation_tables(tmp_path):
 
 
 def test_miniature_table_answers_both_questions_from_the_records(tmp_path):
-    from peftbench.miniature import miniature_table
-    from peftbench.records import load_records
-    from peftbench.report import long_frame
-
     rng = np.random.default_rng(0)
     for seed in range(3):
         write_record(tmp_path, "decoder_only_random", "leaf", seed, 30.0 + seed, 9.0, rng)
@@ -180,7 +203,7 @@ def test_a_nas_cell_whose_search_did_not_engage_is_marked_everywhere(results):
 def test_timing_table_reports_weight_and_architecture_passes_apart(results):
     path = record_path(results, "leaf", "lora", 0)
     record = json.loads(path.read_text())
-    record["method"] = "nas_pc_lora"
+    record["method"], record["method_info"] = "nas_pc_lora", INFO["nas_pc_lora"]
     record["timing"].update(arch_iter_per_s=7.0, train_min_per_epoch_search=2.5)
     write_json_atomic(record_path(results, "leaf", "nas_pc_lora", 0), record)
     build_report(results)
@@ -218,6 +241,90 @@ def test_reference_without_a_paper_counterpart_says_so(tmp_path, capsys):
     write_record(tmp_path, "lora", "synth_leaf", 0, 60.0, 9.0, np.random.default_rng(0))
     assert main(["report", "--out", str(tmp_path), "--reference"]) == 0
     assert "none of these results has a counterpart in the paper's tables" in capsys.readouterr().err
+
+
+def refuse_the_registry(monkeypatch):
+    """Make every read of the method registry (its TOML files) fail: a report must need none."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the report read the method registry")
+
+    monkeypatch.setattr(registry, "read_method", refuse)
+    monkeypatch.setattr(registry, "method_specs", refuse)
+
+
+def archive(out, schema=2):
+    """Records of the miniature's methods, NAS-LoRA (whose search did not move), an ablation variant of
+    NAS-PC-LoRA and full fine-tuning."""
+    rng = np.random.default_rng(0)
+    methods = [("decoder_only_random", 30.0), ("decoder_only", 50.0), ("lora", 60.0), ("nas_lora", 58.0),
+               ("nas_pc_lora", 59.0), ("nas_pc_lora_r6", 61.0), ("full_ft", 62.0)]
+    for method, iou in methods:
+        for seed in range(3):
+            search = {"max_abs_deviation": 0.02 + seed / 100, "search_engaged": True} if method == "nas_pc_lora" else None
+            write_record(out, method, "leaf", seed, iou + seed, 9.0, rng, schema=schema, statistics=search)
+    return out
+
+
+def rendered(out) -> dict:
+    """Every table file and the HTML page of `out`, by name."""
+    return {p.name: p.read_bytes() for p in [*(out / "tables").iterdir(), out / "report.html"]}
+
+
+def test_a_report_of_archived_records_does_not_change_with_the_registry(tmp_path, monkeypatch):
+    out = archive(tmp_path)
+    write_tables(out), build_report(out)
+    before = rendered(out)
+    refuse_the_registry(monkeypatch)
+    write_tables(out), build_report(out)
+    assert rendered(out) == before
+    ablation = (out / "tables" / "ablation_table7.md").read_text()
+    # the variant with the one method its record names as its baseline; NAS-LoRA is not it
+    assert "| nas_pc_lora_r6 |" in ablation and "| nas_pc_lora |" in ablation and "| nas_lora |" not in ablation
+
+
+def test_schema1_records_get_their_method_info_migrated_and_render_as_schema2_ones(tmp_path):
+    old, new = archive(tmp_path / "schema1", schema=1), archive(tmp_path / "schema2")
+    records = load_records(old)
+    assert all("schema" not in r for r in records)
+    assert all(r["method_info"] == INFO[r["method"]] for r in records)
+    build_report(old), build_report(new)
+    for name in ("ablation_table7.md", "ablation_table7.tex", "miniature.md", "miniature.csv", "table1_binary.md"):
+        assert (old / "tables" / name).read_text() == (new / "tables" / name).read_text(), name
+    miniature = (old / "tables" / "miniature.md").read_text()
+    header = [c.strip() for c in miniature.splitlines()[0].strip("|").split("|")]
+    assert header == ["dataset", "metric", "decoder_only_random", "decoder_only", "lora", "nas_lora", "nas_pc_lora",
+                      "pretrained > random", "LoRA-family > decoder-only", "nas_lora > lora", "nas_pc_lora > lora",
+                      "nas_pc_lora search: max abs(p - 1/K)"]  # no search recorded for nas_lora: no column
+    assert "| 0.020, 0.030, 0.040 (3/3 engaged)" in miniature
+
+
+def test_a_method_split_by_config_keeps_its_method_info(tmp_path):
+    rng = np.random.default_rng(0)
+    for method in ("nas_pc_lora", "nas_pc_lora_r6"):
+        for seed in range(2):
+            write_record(tmp_path, method, "leaf", seed, 60.0, 9.0, rng, schema=1)
+    for seed, epochs in ((0, 12), (1, 1)):  # one seed retrained with another config: a row of its own
+        path = record_path(tmp_path, "leaf", "nas_pc_lora_r6", seed)
+        record = json.loads(path.read_text())
+        record["config"]["epochs"] = epochs
+        write_json_atomic(path, record)
+    records = load_records(tmp_path)
+    tables = {t.name: t.methods for t in plan_tables(records, long_frame(records))}
+    assert tables["ablation_table7"] == ["nas_pc_lora", "nas_pc_lora_r6 [epochs=12]", "nas_pc_lora_r6 [epochs=1]"]
+    assert tables["table1_binary"] == ["nas_pc_lora"]
+
+
+def test_a_plug_in_method_is_grouped_as_its_records_say(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    plug_in = info("my_adapter", "my_adapters:MyAdapter", group="Non-PEFT", merge_kind="none")
+    for seed in range(2):
+        write_record(tmp_path, "lora", "leaf", seed, 60.0 + seed, 5.0, rng)
+        write_record(tmp_path, "my_adapter", "leaf", seed, 65.0 + seed, 4.0, rng, method_info=plug_in)
+    refuse_the_registry(monkeypatch)
+    build_report(tmp_path)
+    rows = [line.split("|")[1].strip() for line in (tmp_path / "tables" / "table1_binary.md").read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| method")]
+    assert rows == ["*Non-PEFT methods*", "my_adapter", "*PEFT methods*", "lora"]
 
 
 def assert_renders_in_browser(page, caption: str) -> None:

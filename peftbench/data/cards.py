@@ -6,13 +6,17 @@ which metrics are reported, which validation metric selects the checkpoint, and 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from ..paths import DATASETS_DIR
+from ..metrics import spec
+from ..paths import DATA_ROOT, DATASETS_DIR
+from .files import read_manifest
+from .synthetic import GENERATORS
 
 BINARY_METRICS = ["iou", "dice", "acc", "ber"]
 MULTICLASS_METRICS = ["acc", "miou"]
@@ -97,9 +101,6 @@ def _card_from_toml(path: Path) -> DatasetCard:
         raise UserError(f"{path}: {len(card.classes)} class names for num_classes = {card.num_classes}")
     if card.select_metric not in card.all_metrics:
         raise UserError(f"{path}: select_metric {card.select_metric!r} is not among metrics or extra_metrics")
-    from ..metrics import spec  # deferred: the metrics module imports this package
-    from .synthetic import GENERATORS
-
     try:
         for name in card.all_metrics:  # a typo fails here, once, not in every run after its first epoch
             spec(name, card.kind, card.multiclass_protocol)
@@ -114,14 +115,14 @@ def dataset_cards(directory: Path = DATASETS_DIR) -> dict[str, DatasetCard]:
     """All registered dataset cards, by name, sorted."""
     paths = sorted(directory.glob("*.toml"))
     if not paths:
-        raise UserError(f"{directory}: no dataset cards (*.toml); run from the peftbench checkout (pip install -e .) "
-                        "or set PEFTBENCH_ROOT to it")
+        raise UserError(f"{directory}: no dataset cards (*.toml); reinstall peftbench or set PEFTBENCH_ROOT to a "
+                        "checkout")
     return {p.stem: _card_from_toml(p) for p in paths}
 
 
 def prepared_dir(card: DatasetCard, data_root: Path | None = None) -> Path:
-    """Where `peftbench prepare` puts a registered real dataset: <data root>/<name> (default root: datasets/)."""
-    return Path(data_root or DATASETS_DIR) / card.name
+    """Where `peftbench prepare` puts a registered real dataset: <data root>/<name> (default root: paths.DATA_ROOT)."""
+    return Path(data_root or DATA_ROOT) / card.name
 
 
 def is_prepared(folder: Path) -> bool:
@@ -153,13 +154,50 @@ def dataset_state(card: DatasetCard, data_root: Path | None = None) -> str:
     return f"prepared {counts.get('train', '?')}/{counts.get('val', '?')}/{tests}"
 
 
+def card_for_path(path: Path, classes: int | None = None, binarize: bool = False) -> DatasetCard:
+    """A card for a folder or CSV dataset. The task is declared, never guessed from the masks: binary (masks 0/255 or
+    0/1, every mask checked before training; with `binarize` any values, thresholded at 128) unless `classes` K >= 2
+    is given (class ids 0..K-1, 255 = ignore).
+    Its name is the folder or file name plus a hash of the resolved path, so it never clashes with a registered
+    card or with another folder of the same name."""
+    read_manifest(path)  # a missing split or file fails here, before anything else
+    if classes is not None and classes < 2:
+        raise UserError(f"--classes {classes}: a multi-class dataset has at least 2 classes (binary is the default)")
+    if classes is not None and binarize:
+        raise UserError("--binarize thresholds binary masks; it does not go with --classes")
+    resolved = Path(path).resolve()
+    binary = classes is None
+    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:8]
+    return DatasetCard(
+        name=f"{resolved.stem if resolved.is_file() else resolved.name}-{digest}",
+        kind="binary" if binary else "multiclass", source="files", num_classes=1 if binary else classes,
+        path=str(resolved), description=f"ad-hoc dataset from {path}",
+        metrics=list(BINARY_METRICS if binary else MULTICLASS_METRICS),
+        select_metric="iou" if binary else "miou", binarize=binarize,
+    )
+
+
+def _user_card(path: Path, registered: dict[str, DatasetCard]) -> DatasetCard:
+    """A card file given on the command line, checked as a registered one; its name must not shadow a registered
+    card (records are filed under the name)."""
+    if not path.is_file():
+        raise UserError(f"--datasets {path}: no such card file")
+    card = _card_from_toml(path)
+    if card.name in registered and Path(path).resolve() != (DATASETS_DIR / f"{card.name}.toml").resolve():
+        raise UserError(f"--datasets {path}: a registered card is named {card.name!r}; rename yours")
+    return card
+
+
 def resolve_dataset(arg: str, data_root: Path | None = None, classes: int | None = None,
                     binarize: bool = False) -> DatasetCard:
-    """A --datasets entry: a registered name, or a folder / CSV manifest path (relative to --data-root if given);
-    `classes` and `binarize` (--classes, --binarize) declare a folder or CSV dataset's task (see card_for_path).
+    """A --datasets entry: a registered name, a card file of one's own (path/to/card.toml, any source), or a folder /
+    CSV manifest path (relative to --data-root if given); `classes` and `binarize` (--classes, --binarize) declare a
+    folder or CSV dataset's task (see card_for_path).
 
     A registered real dataset that is not prepared fails here, before any training, with the command to type."""
     cards = dataset_cards()
+    if arg.endswith(".toml"):
+        cards = {**cards, arg: _user_card(Path(arg), cards)}
     if arg in cards:
         card = cards[arg]
         if classes is not None or binarize:
@@ -178,8 +216,6 @@ def resolve_dataset(arg: str, data_root: Path | None = None, classes: int | None
     if data_root is not None and not path.exists():
         path = Path(data_root) / arg
     if path.exists():
-        from .files import card_for_path  # deferred: reading masks to infer the task costs I/O
-
         return card_for_path(path, classes, binarize)
     raise UserError(
         f"--datasets: {arg!r} is neither a registered dataset ({', '.join(cards)}) nor an existing folder or CSV file"

@@ -5,13 +5,12 @@ Accepted layouts (paths inside CSVs are relative to the CSV's folder):
   2. The Conv-LoRA layout: `train.csv`, `val.csv` and one or more `test*.csv` (columns image, label);
      `test_Kvasir.csv` becomes the test set "Kvasir", `test.csv` the test set "test".
   3. `train/`, `val/`, `test/` folders, each with `images/` and `masks/` paired by file stem.
-The task is declared: binary by default, multi-class with `--classes K` (see card_for_path); masks are read by
+The task is declared: binary by default, multi-class with `--classes K` (see cards.card_for_path); masks are read by
 `read_label` and every one is checked against the task before training (data/validate.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +18,8 @@ import pandas as pd
 from PIL import Image
 
 from ..errors import UserError
-from .cards import BINARY_METRICS, MULTICLASS_METRICS, DatasetCard
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-IGNORE_LABEL = 255
 
 
 def _read_csv(path: Path, need_split: bool) -> pd.DataFrame:
@@ -97,26 +94,3 @@ def read_label(path: str | Path) -> np.ndarray:
         raise ValueError("colour mask (its R, G, B channels differ); save class ids or 0/255 as a single-channel "
                          "PNG (a palette PNG is read by its indices)")
     return rgba[..., 0].copy()
-
-
-def card_for_path(path: Path, classes: int | None = None, binarize: bool = False) -> DatasetCard:
-    """A card for a folder or CSV dataset. The task is declared, never guessed from the masks: binary (masks 0/255 or
-    0/1, every mask checked before training; with `binarize` any values, thresholded at 128) unless `classes` K >= 2
-    is given (class ids 0..K-1, 255 = ignore).
-    Its name is the folder or file name plus a hash of the resolved path, so it never clashes with a registered
-    card or with another folder of the same name."""
-    read_manifest(path)  # a missing split or file fails here, before anything else
-    if classes is not None and classes < 2:
-        raise UserError(f"--classes {classes}: a multi-class dataset has at least 2 classes (binary is the default)")
-    if classes is not None and binarize:
-        raise UserError("--binarize thresholds binary masks; it does not go with --classes")
-    resolved = Path(path).resolve()
-    binary = classes is None
-    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:8]
-    return DatasetCard(
-        name=f"{resolved.stem if resolved.is_file() else resolved.name}-{digest}",
-        kind="binary" if binary else "multiclass", source="files", num_classes=1 if binary else classes,
-        path=str(resolved), description=f"ad-hoc dataset from {path}",
-        metrics=list(BINARY_METRICS if binary else MULTICLASS_METRICS),
-        select_metric="iou" if binary else "miou", binarize=binarize,
-    )

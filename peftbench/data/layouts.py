@@ -23,8 +23,9 @@ import pandas as pd
 from PIL import Image
 
 from ..errors import UserError
+from ..labels import IGNORE_LABEL
 from .cards import DatasetCard
-from .files import IGNORE_LABEL, IMAGE_SUFFIXES
+from .files import IMAGE_SUFFIXES
 from .validate import Problem
 
 Pair = tuple[Path, Path]

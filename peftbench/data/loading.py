@@ -18,7 +18,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from ..segmenter import normalise
 from .cards import DatasetCard
-from .files import IGNORE_LABEL, read_label, read_manifest
+from .files import read_label, read_manifest
 from .synthetic import generate
 from .validate import drop_images
 
@@ -162,4 +162,4 @@ def build_splits(card: DatasetCard, size: int, keys: bool = False) -> dict[str, 
             for split, s in raw.items()}
 
 
-__all__ = ["IGNORE_LABEL", "SegmentationDataset", "build_splits"]
+__all__ = ["SegmentationDataset", "build_splits"]

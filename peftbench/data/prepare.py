@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import re
@@ -30,6 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from ..errors import UserError
+from ..hashing import file_sha256
 from ..records import write_csv_atomic, write_json_atomic
 from .cards import DatasetCard, is_prepared, prepared_dir
 from .layouts import LAYOUTS, Context, Splits, find_roots, merge
@@ -43,15 +43,6 @@ SHOWN_PROBLEMS = 20
 # ---------------------------------------------------------------------------------------------- files
 
 
-def file_digest(path: Path) -> tuple[str, int]:
-    """(sha256 hex, size in bytes)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest(), path.stat().st_size
-
-
 def verify(path: Path, sha256: str = "", size: int = 0, console: Console | None = None,
            digest: str | None = None) -> tuple[str, int]:
     """Check size and SHA-256 where known (mismatch: UserError naming both values); print them where not known,
@@ -59,7 +50,7 @@ def verify(path: Path, sha256: str = "", size: int = 0, console: Console | None 
     actual_size = path.stat().st_size
     if size and actual_size != size:
         raise UserError(f"{path}: size {actual_size} bytes, the card expects {size}; a different or damaged file")
-    actual_sha = digest or file_digest(path)[0]
+    actual_sha = digest or file_sha256(path)
     if sha256 and actual_sha != sha256.lower():
         raise UserError(f"{path}: sha256 {actual_sha}, the card expects {sha256}; a different or damaged file")
     if console is not None and not (sha256 and size):
@@ -217,7 +208,7 @@ def _entry_for(card: DatasetCard, item: str) -> dict:
     if by_url or len(by_name) < 2:
         return (by_url or by_name or [{}])[0]
     if Path(item).is_file():
-        sha256 = file_digest(Path(item))[0]
+        sha256 = file_sha256(item)
         return next((e for e in by_name if e.get("sha256") == sha256), {})
     return {}
 
@@ -341,6 +332,28 @@ def _csv_name(split: str) -> str:
     return "test.csv" if split == "test" else f"test_{split.split(':', 1)[1]}.csv" if ":" in split else f"{split}.csv"
 
 
+def _screen(card: DatasetCard, splits: Splits, bad: list[Problem], skip_bad: bool,
+            console: Console) -> tuple[dict[str, pd.DataFrame], list[Problem]]:
+    """The converted splits as (image, label) frames, every pair decoded and checked; bad pairs (with those the
+    conversion found) fail the prepare, or with `skip_bad` are listed and left out. Returns (frames, problems)."""
+    order = ["train", "val"] + [s for s in splits if s.startswith("test")]
+    frames = {s: pd.DataFrame({"image": [str(i) for i, _ in splits[s]], "label": [str(m) for _, m in splits[s]]})
+              for s in order if splits.get(s)}
+    console.print(f"validating {sum(map(len, frames.values()))} pairs")
+    problems = bad + [p for s, f in frames.items()
+                      for p in validate_pairs(f, card.kind, card.num_classes, s, full_decode=True)]
+    if problems:
+        for problem in problems[:SHOWN_PROBLEMS]:
+            console.print(f"  {problem}", style="red" if not skip_bad else "yellow")
+        if len(problems) > SHOWN_PROBLEMS:
+            console.print(f"  ... and {len(problems) - SHOWN_PROBLEMS} more")
+        if not skip_bad:
+            raise UserError(f"{card.name}: {len(problems)} bad image/label pairs (listed above); fix them, or "
+                            "prepare again with --skip-bad to exclude them (and --binarize for anti-aliased masks)")
+        frames = {s: drop_images(f, [p.image for p in problems if p.split == s]) for s, f in frames.items()}
+    return frames, problems
+
+
 def prepare(card: DatasetCard, inputs: list[str] | None = None, source: str | None = None,
             data_root: Path | None = None, skip_bad: bool = False, force: bool = False, binarize: bool = False,
             tile: int | None = None, console: Console | None = None) -> Path:
@@ -375,21 +388,7 @@ def prepare(card: DatasetCard, inputs: list[str] | None = None, source: str | No
     kind, splits, notes, bad = _convert(card, folders, entries, out, binarize, tile)
     missing_tests = _check_splits(card, splits)
 
-    order = ["train", "val"] + [s for s in splits if s.startswith("test")]
-    frames = {s: pd.DataFrame({"image": [str(i) for i, _ in splits[s]], "label": [str(m) for _, m in splits[s]]})
-              for s in order if splits.get(s)}
-    console.print(f"validating {sum(map(len, frames.values()))} pairs")
-    problems = bad + [p for s, f in frames.items()
-                      for p in validate_pairs(f, card.kind, card.num_classes, s, full_decode=True)]
-    if problems:
-        for problem in problems[:SHOWN_PROBLEMS]:
-            console.print(f"  {problem}", style="red" if not skip_bad else "yellow")
-        if len(problems) > SHOWN_PROBLEMS:
-            console.print(f"  ... and {len(problems) - SHOWN_PROBLEMS} more")
-        if not skip_bad:
-            raise UserError(f"{card.name}: {len(problems)} bad image/label pairs (listed above); fix them, or "
-                            "prepare again with --skip-bad to exclude them (and --binarize for anti-aliased masks)")
-        frames = {s: drop_images(f, [p.image for p in problems if p.split == s]) for s, f in frames.items()}
+    frames, problems = _screen(card, splits, bad, skip_bad, console)
     _check_splits(card, {s: list(zip(f["image"], f["label"])) for s, f in frames.items()})
 
     for old in out.glob("test*.csv"):

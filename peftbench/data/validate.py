@@ -24,8 +24,9 @@ from PIL import Image
 from rich.console import Console
 
 from ..errors import UserError
+from ..labels import IGNORE_LABEL
 from .cards import DatasetCard
-from .files import IGNORE_LABEL, read_label, read_manifest
+from .files import read_label, read_manifest
 
 PNG_END = b"IEND\xaeB`\x82"
 JPEG_END = b"\xff\xd9"

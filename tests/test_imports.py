@@ -1,0 +1,138 @@
+"""No import cycles between peftbench modules.
+
+The graph is read from the source with `ast`, without importing anything: every `import` and `from ... import`
+statement counts, at module level and inside functions alike (a deferred import that closes a cycle is still a
+cycle, only one that fails later). Relative imports are resolved against the importing module's package;
+`from pkg import name` is an edge to the submodule `pkg.name` when there is one, else to `pkg` (its __init__).
+
+Only explicit imports count. Importing `peftbench.data.files` also runs `peftbench/__init__.py` and
+`peftbench/data/__init__.py` first, but those implicit parent edges are left out: every package's __init__ imports
+some of its own submodules, so counting them would make every package a trivial cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import deque
+from pathlib import Path
+
+import peftbench
+
+PACKAGE_DIR = Path(peftbench.__file__).parent
+
+
+def module_files(package_dir: Path = PACKAGE_DIR) -> dict[str, Path]:
+    """Dotted module name -> source file, for every module of the package (a package is its __init__.py)."""
+    modules = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        parts = path.relative_to(package_dir.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def imports_of(module: str, is_package: bool, source: str, modules: set[str]) -> set[str]:
+    """The modules among `modules` that `source` (the text of `module`) imports explicitly."""
+    package = module if is_package else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(_known_prefix(alias.name, modules) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            parts = package.split(".")
+            anchor = parts[: len(parts) - node.level + 1] if node.level else []  # level 1: the package itself
+            base = ".".join(anchor + ([node.module] if node.module else []))
+            for alias in node.names:
+                submodule = f"{base}.{alias.name}"
+                found.add(submodule if submodule in modules else _known_prefix(base, modules))
+    return found - {None}
+
+
+def _known_prefix(name: str, modules: set[str]) -> str | None:
+    """The longest dotted prefix of `name` that is one of `modules`: the module an import names; None for anything
+    outside them (the standard library, third-party packages)."""
+    parts = name.split(".")
+    return next((p for p in (".".join(parts[:n]) for n in range(len(parts), 0, -1)) if p in modules), None)
+
+
+def import_graph(package_dir: Path = PACKAGE_DIR) -> dict[str, set[str]]:
+    """Module -> the package modules it imports explicitly."""
+    files = module_files(package_dir)
+    return {name: imports_of(name, path.name == "__init__.py", path.read_text(), set(files))
+            for name, path in files.items()}
+
+
+def tangles(graph: dict[str, set[str]]) -> list[set[str]]:
+    """The strongly connected components that hold a cycle (Tarjan's algorithm): each set of modules that import
+    one another, directly or not, once."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    components: list[set[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:  # node is the root of a component: the stack above it holds the rest
+            components.append(set(stack[stack.index(node):]))
+            del stack[stack.index(node):]
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return [c for c in components if len(c) > 1 or c <= graph.get(min(c), set())]
+
+
+def shortest_cycle(graph: dict[str, set[str]], component: set[str]) -> list[str]:
+    """[a, b, ..., a]: the shortest path from the component's first module back to itself within the component
+    (breadth first), the import chain to break."""
+    start = min(component)
+    parent: dict[str, str] = {}
+    queue = deque([start])
+    while queue:
+        node = queue.popleft()
+        for nxt in sorted(graph.get(node, ())):
+            if nxt == start:
+                path = [node]
+                while path[-1] != start:
+                    path.append(parent[path[-1]])
+                return [*reversed(path), start]
+            if nxt in component and nxt not in parent:
+                parent[nxt] = node
+                queue.append(nxt)
+    raise ValueError(f"{sorted(component)} holds no cycle")
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    found = [f"{' -> '.join(shortest_cycle(graph, t))} (tangled: {', '.join(sorted(t))})" for t in tangles(graph)]
+    assert not found, "import cycles: " + "; ".join(found)
+
+
+def test_tangles_find_every_cycle_once():
+    graph = {"a": {"b"}, "b": {"c", "e", "g"}, "c": {"a"}, "d": {"a"}, "e": set(), "f": {"f"}, "g": {"a"}}
+    assert sorted(map(sorted, tangles(graph))) == [["a", "b", "c", "g"], ["f"]]
+    assert shortest_cycle(graph, {"a", "b", "c", "g"}) == ["a", "b", "c", "a"]
+    assert shortest_cycle(graph, {"f"}) == ["f", "f"]
+    assert tangles({"a": {"b"}, "b": {"c"}, "d": {"b", "c"}}) == []
+
+
+def test_imports_resolve_relative_and_submodule_imports():
+    modules = {"pkg", "pkg.errors", "pkg.sub", "pkg.sub.a", "pkg.sub.b", "pkg.sub.c"}
+    source = ("import os\nimport pkg.sub.c.name\nfrom . import b, helper\nfrom .. import errors\n"
+              "from ..errors import UserError\n\ndef f():\n    from .c import thing\n    from pkg import sub\n")
+    # helper is a name in pkg/sub/__init__.py; `import pkg.sub.c.name` runs pkg.sub.c; os is not in the package.
+    assert imports_of("pkg.sub.a", False, source, modules) == {"pkg.sub.c", "pkg.sub.b", "pkg.sub", "pkg.errors"}
+    assert imports_of("pkg.sub", True, "from . import a\nfrom .b import x\n", modules) == {"pkg.sub.a", "pkg.sub.b"}
+
+
+def test_graph_sees_the_package_imports():
+    graph = import_graph()
+    assert {"peftbench.data", "peftbench.methods"} <= graph["peftbench"]
+    assert "peftbench.methods.bitfit" in graph["peftbench.methods"]  # `from . import bitfit, ...`
+    assert "peftbench.errors" in graph["peftbench.methods.base"]  # `from ..errors import UserError`
