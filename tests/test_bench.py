@@ -22,7 +22,7 @@ def test_bench_times_training_search_and_both_inference_models(tmp_path):
     assert rows.loc["lora", "infer_ms"] == rows.loc["lora", "infer_merged_ms"]  # exact merges deploy merged
     assert rows.loc["nas_pc_lora", "infer_ms"] == rows.loc["nas_pc_lora", "infer_unmerged_ms"]
     assert meta["settings"]["image_size"] == 64 and meta["device"]["type"] == "cpu"
-    md, csv, js = write_bench(table, meta, tmp_path)
+    md, _, js = write_bench(table, meta, tmp_path)
     assert "ratios only" in md.read_text() and json.loads(js.read_text())["rows"][0]["method"] == "lora"
 
 

@@ -159,14 +159,16 @@ def test_merge_is_exact_where_the_registry_says_so(name, tiny_segmenter):
 EXPECTED_VIT_H = {  # trainable parameters on vit_h, derived by hand from each reference definition
     "decoder_only": DECODER_H,
     "lora": DECODER_H + 32 * 4 * C_H * 3,
-    "conv_lora": DECODER_H + 32 * 16_080,  # conv-lora-harness.md section 4
+    "conv_lora": DECODER_H + 32 * 16_080,  # the Conv-LoRA authors' ConvLoRALinear + MoEGate (autogluon)
     "dora": DECODER_H + 32 * (4 * C_H * 3 + 3 * C_H),
     "vera": DECODER_H + 32 * (3 * C_H + 256),
     "bitfit": DECODER_H + 32 * 14_080 + C_H + 2 * 256,
     "vpt": DECODER_H + 32 * 12 * C_H,
-    "sam_adapter": DECODER_H + 186_960,  # methods.md section 4
+    "sam_adapter": DECODER_H + 186_960,  # SAM-Adapter's prompt generator, C' = C/32 (official code)
     "mona": DECODER_H + 64 * 179_968,
     "full_ft": DECODER_H + 637_026_048,
+    "lora_plus": DECODER_H + 32 * 4 * C_H * 3,  # LoRA's model; only B's learning rate differs
+    "ssf": DECODER_H + 32 * 2 * (3 * C_H + C_H + 4 * C_H + C_H),  # scale + shift after qkv, proj, lin1, lin2
 }
 
 

@@ -1,5 +1,5 @@
 """Metrics on hand-computed examples and against PySODMetrics (definitions in peftbench.metrics and
-../shared/reference/metrics.md)."""
+docs/metrics.md)."""
 
 import numpy as np
 import pytest

@@ -1,6 +1,20 @@
 """Importing this package registers every adapter family."""
 
-from . import bitfit, conv_lora, decoder_only, dora, full_ft, lora, mona, nas_lora, sam_adapter, vera, vpt  # noqa: F401
+from . import (  # noqa: F401  (each module registers its family)
+    bitfit,
+    conv_lora,
+    decoder_only,
+    dora,
+    full_ft,
+    lora,
+    lora_plus,
+    mona,
+    nas_lora,
+    sam_adapter,
+    ssf,
+    vera,
+    vpt,
+)
 from .base import Method, MethodConfig, TargetedConfig
 from .registry import (
     FAMILIES,

@@ -84,10 +84,9 @@ def _typed(value, hint, where: str):
                 continue
     elif origin is tuple and isinstance(value, (list, tuple)):
         return tuple(_typed(v, args[0], where) for v in value)
-    elif hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return value
-    elif hint is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
+    elif hint in (float, int) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if hint is float or isinstance(value, int):
+            return value
     elif hint in (bool, str) and isinstance(value, hint):
         return value
     name = getattr(hint, "__name__", None) if origin is None else None

@@ -1,6 +1,6 @@
 """Mona (Yin et al., CVPR 2025, "5%>100%"): two multi-cognitive visual adapters per encoder block.
 
-As Leiyi-Hu/mona's `Mona`/`MonaOp` (methods.md section 5), placed in SAM's block as in its Swin backbone:
+As the official code's `Mona`/`MonaOp` (Leiyi-Hu/mona), placed in SAM's block as in its Swin backbone:
 after the attention residual and after the MLP residual, on the full (unpartitioned) map.
   z = LN(x) * gamma + x * gammax            (scaled LayerNorm; gamma = 1e-6, gammax = 1)
   z = down(z)                               (C -> 64)

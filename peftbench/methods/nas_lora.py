@@ -1,8 +1,9 @@
 """NAS-LoRA and NAS-PC-LoRA (the paper, sections 3.2-3.4): LoRA with a searchable cell on its rank-r bottleneck.
 
 Cell (Eq. 2): z' = sum_o softmax(alpha)_o * op_o(z) on the bottleneck laid out as its spatial map (an attention
-window in windowed blocks, the whole map in global blocks). Candidate operations as PC-DARTS defines them
-(methods.md section 6), built for the cell's channels with BatchNorm(affine=False) as during a PC-DARTS search:
+window in windowed blocks, the whole map in global blocks). Candidate operations as PC-DARTS (Xu et al., ICLR
+2020; official code operations.py, genotypes.py) defines them, built for the cell's channels with
+BatchNorm(affine=False) as during a PC-DARTS search:
   sep_conv_3x3 / sep_conv_5x5   [ReLU, depthwise kxk, 1x1, BN] twice
   dil_conv_3x3 / dil_conv_5x5   ReLU, depthwise kxk dilation 2, 1x1, BN
   avg_pool_3x3 / max_pool_3x3   3x3 stride 1 (average without the padding), then BN

@@ -10,7 +10,8 @@ The image is the network input as our harness normalises it (SAM's mean/std; the
 
 Deviation from the reference code (on purpose): tianrun-chen/SAM-Adapter-PyTorch reshapes the (B, H, W, C)
 patch embeddings as if they were (B, C, H, W) before the per-token Linear, a fixed scramble of tokens and
-channels (methods.md section 4). We implement the per-token projection the paper describes instead.
+channels (its models/mmseg/models/sam/image_encoder.py). We implement the per-token projection the paper
+describes instead.
 Parameters on vit_h: 186,960 (3.69 M with the decoder); the paper's Table 1 prints 3.98 M, which the
 described module with C' = C/32 does not reach. Not mergeable: the prompt depends on the input image.
 """

@@ -7,7 +7,7 @@ As VPT's own windowed (Swin) implementation and the SAM ports of it do:
 - the prompt outputs are dropped after the block (deep prompts are replaced at the next block), so the prompts'
   own queries and MLP are not computed: skipping them changes no output;
 - prompts are parameters shared by all samples, so nothing ever flows between the samples of a batch (the
-  window-major expansion bug of the reference Swin code, methods.md section 3, cannot occur);
+  window-major expansion bug of VPT's official Swin code, KMnP/vpt swin_transformer.py, cannot occur);
 - init uniform(-v, v) with v = sqrt(6 / (3 p^2 + C)) (VPT's "xavier" init, p = patch size).
 12 tokens per block: 32 x 12 x 1280 = 491,520 on vit_h, the paper's 0.49 M (Table 1: 4.00 M with the decoder).
 Not mergeable: the prompts lengthen every attention sequence.

@@ -1,0 +1,182 @@
+"""The documentation against the code: the tables of docs/ list exactly what the registries hold, every relative link
+resolves, the README stays a first read, and no file points at material outside the repository."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import peftbench
+from peftbench.metrics import METRICS
+from peftbench.params import count_method
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+README_LIMIT = 10_240  # bytes: the README is a first read; the reference lives in docs/
+# Pointers to notes that are not part of the repository (written split, so that this file does not hold them).
+OUTSIDE = ["../" + "shared", "shared" + "/reference", "methods.md" + " section", "conv-lora" + "-harness.md",
+           "metrics.md" + " section"]
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def read(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def without_code(text: str) -> str:
+    """The text less its fenced code blocks and inline code spans (links there are examples, not links)."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.DOTALL | re.MULTILINE)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+def tables(text: str) -> list[list[dict[str, str]]]:
+    """Every markdown table of `text` as a list of rows, each {header: cell}; escaped pipes stay in cells."""
+    found, lines = [], text.splitlines()
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith("|") and i + 1 < len(lines) and re.fullmatch(r"\|[\s:|-]+\|?", lines[i + 1].strip()):
+            header = cells(lines[i])
+            rows, i = [], i + 2
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append(dict(zip(header, cells(lines[i]))))
+                i += 1
+            found.append(rows)
+        else:
+            i += 1
+    return found
+
+
+def cells(line: str) -> list[str]:
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+
+
+def names(cell: str) -> list[str]:
+    """The `code` names in a table cell."""
+    return re.findall(r"`([^`]+)`", cell)
+
+
+def rows_of(page: str, first_header: set[str]) -> list[dict[str, str]]:
+    """The rows of every table on docs/`page` whose first column is headed by one of `first_header`."""
+    return [row for table in tables(read(DOCS / page)) for row in table if next(iter(row)) in first_header]
+
+
+def method_rows() -> dict[str, dict[str, str]]:
+    rows = rows_of("methods.md", {"method", "variant"})
+    out = {}
+    for row in rows:
+        (name,) = names(next(iter(row.values())))
+        assert name not in out, f"docs/methods.md lists {name} twice"
+        out[name] = row
+    return out
+
+
+def test_methods_page_lists_every_registered_method_and_no_other():
+    documented, registered = set(method_rows()), set(peftbench.method_specs())
+    assert not registered - documented, f"registered but missing from docs/methods.md's tables: {registered - documented}"
+    assert not documented - registered, f"in docs/methods.md's tables but not registered: {documented - registered}"
+
+
+def test_methods_page_counts_and_merge_kinds_match_the_registry():
+    specs = peftbench.method_specs()
+    for name, row in method_rows().items():
+        if name not in specs:
+            continue  # reported by the test above
+        spec = specs[name]
+        assert row["merge"].split()[0] == spec.merge_kind, f"{name}: docs say merge {row['merge']!r}"
+        trainable = count_method("vit_h", name)
+        assert float(row["Params (M)"]) == pytest.approx(trainable / 1e6, abs=5e-4), \
+            f"{name}: docs say {row['Params (M)']} M, `peftbench params --sam vit_h` counts {trainable / 1e6:.3f} M"
+        paper = spec.paper.get("params_m")
+        assert row["paper"] == ("–" if paper is None else str(paper)), f"{name}: paper column {row['paper']!r}"
+
+
+def card_rows() -> dict[str, dict[str, str]]:
+    return {names(row["card"])[0]: row for row in rows_of("datasets.md", {"card"})}
+
+
+def test_datasets_page_lists_every_card_as_it_is():
+    cards, rows = peftbench.dataset_cards(), card_rows()
+    assert set(rows) == set(cards), f"docs/datasets.md's card table differs: {set(rows) ^ set(cards)}"
+
+    def listed(cell: str) -> list[str]:
+        return [] if cell == "–" else [c.strip() for c in cell.split(",")]
+
+    for name, card in cards.items():
+        row = rows[name]
+        assert listed(row["test sets"]) == card.test_names, name
+        assert listed(row["metrics"]) == card.metrics, name
+        assert listed(row["extra metrics"]) == card.extra_metrics, name
+        assert row["select"] == card.select_metric, name
+        epochs, lr = listed(row["epochs, lr"])
+        assert (int(epochs), float(lr)) == (card.epochs, card.lr), name
+
+
+def test_metrics_page_defines_every_metric_and_no_other():
+    documented = {n for row in rows_of("metrics.md", {"name"}) for n in names(row["name"])}
+    assert not set(METRICS) - documented, f"missing from docs/metrics.md: {set(METRICS) - documented}"
+    unknown = {n for n in documented - set(METRICS) if not n.startswith("iou_<")}
+    assert not unknown, f"docs/metrics.md defines metrics peftbench does not have: {unknown}"
+
+
+def test_readme_is_a_first_read():
+    size = len((ROOT / "README.md").read_bytes())
+    assert size <= README_LIMIT, f"README.md is {size} bytes; move reference material to docs/ (limit {README_LIMIT})"
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    text = re.sub(r"^```.*?^```", "", read(path), flags=re.DOTALL | re.MULTILINE)
+    return {slug(m) for m in re.findall(r"^#+\s+(.*)$", text, flags=re.MULTILINE)}
+
+
+@pytest.mark.parametrize("page", ["README.md", *sorted(str(p.relative_to(ROOT)) for p in DOCS.glob("*.md"))])
+def test_relative_links_resolve(page):
+    path = ROOT / page
+    broken = []
+    for target in LINK.findall(without_code(read(path))):
+        if re.match(r"[a-z]+:", target) or target.startswith("#") and not target[1:]:
+            continue  # an address outside the repository
+        file, _, anchor = target.partition("#")
+        resolved = (path.parent / file).resolve() if file else path
+        if not resolved.exists() or (anchor and resolved.suffix == ".md" and anchor not in anchors(resolved)):
+            broken.append(target)
+    assert not broken, f"{page}: links that resolve to nothing: {broken}"
+
+
+def repository_files() -> list[Path]:
+    try:
+        out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    suffixes = {".py", ".md", ".toml", ".sh", ".txt"}
+    return [ROOT / f for f in out.splitlines() if Path(f).suffix in suffixes and (ROOT / f).is_file()]
+
+
+def test_no_file_points_outside_the_repository():
+    found = [f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+             for path in repository_files()
+             for number, line in enumerate(read(path).splitlines(), 1)
+             if any(s in line for s in OUTSIDE)]
+    assert not found, "cite the paper, the official code or a docs/ page instead:\n" + "\n".join(found)
+
+
+def test_the_worked_example_method_builds(monkeypatch):
+    from peftbench.methods import read_method
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delenv("PYTHONPATH", raising=False)  # restored afterwards; the plug-in loader extends it
+    try:
+        spec = read_method(DOCS / "examples" / "scaled_lora.toml")
+        method = spec.build()
+    finally:
+        sys.modules.pop("scaled_lora", None)
+    assert type(method).__name__ == "ScaledLoRA" and spec.merge_kind == "exact"
+    assert spec.config.gate_init == 1.0
