@@ -8,6 +8,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .data import dataset_cards
 from .methods import adapt, method_specs
+from .runs import load_run
 
-__all__ = ["adapt", "dataset_cards", "method_specs"]
+__all__ = ["adapt", "dataset_cards", "load_run", "method_specs"]
 __version__ = "0.1.0"

@@ -90,7 +90,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                         "labels nearest-resized (the Conv-LoRA harness)")
     p.add_argument("--checkpoint-interval", default="30",
                    help="seconds between mid-run checkpoints, written after an epoch (default 30; 0: every epoch)")
-    p.add_argument("--data-root", default=None, help="folder holding the datasets (default: datasets/ in a checkout, ~/.cache/peftbench/datasets when installed)")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding the datasets (default: datasets/ in a checkout, ~/.cache/peftbench/datasets "
+                        "when installed)")
     p.add_argument("--classes", default=None,
                    help="a folder or CSV dataset is multi-class with K classes (masks hold class ids 0..K-1, 255 = "
                         "ignore); default: binary (masks 0/255 or 0/1)")
@@ -101,6 +103,13 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="leave out unreadable images, size mismatches and masks with unexpected values (listed, "
                         "and counted in every record) instead of stopping")
     p.add_argument("--out", default="results", help="output folder (default results)")
+    p.add_argument("--no-save-adapters", action="store_true",
+                   help="do not keep each tested model's trained state (<out>/adapters/...; needed by export, "
+                        "predict and load_run)")
+    p.add_argument("--tracker", default=None, choices=["tensorboard", "mlflow"],
+                   help="log every run as it trains to TensorBoard or MLflow (extras [tensorboard], [mlflow])")
+    p.add_argument("--tracker-uri", default=None,
+                   help="TensorBoard log folder or MLflow tracking URI (default: a local store under --out)")
     p.add_argument("--replace", action="store_true",
                    help="retrain runs whose finished record in --out was made with another config; the old records "
                         "are moved to <out>/replaced/<time>/, never deleted (without it such a grid stops)")
@@ -228,7 +237,8 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         checkpoint_interval_s=_nonnegative_float("--checkpoint-interval", args.checkpoint_interval),
         inference=args.inference, eval_resolution=args.eval_resolution, precision=args.precision,
         attention=args.attention, checkpointing=args.checkpointing, cache_embeddings=not args.no_embedding_cache,
-        optimizer_kernel=args.optimizer_kernel, replace=args.replace,
+        optimizer_kernel=args.optimizer_kernel, replace=args.replace, save_adapters=not args.no_save_adapters,
+        tracker=args.tracker, tracker_uri=args.tracker_uri,
         cpu_workers=cpu[0] if cpu else None, threads_per_run=cpu[1] if cpu else None,
         epochs=_positive_int("--epochs", args.epochs) if args.epochs is not None else None,
         batch_size=_positive_int("--batch-size", args.batch_size),
@@ -315,6 +325,25 @@ def _cmd_params(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace, console: Console) -> int:
+    from .export import export_run
+
+    for path in export_run(args.record, args.format, Path(args.out), args.checkpoint):
+        console.print(str(path), markup=False, highlight=False)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace, console: Console) -> int:
+    from .predict import predict
+
+    done = predict(args.record, args.images, Path(args.out), device=args.device,
+                   batch_size=_positive_int("--batch-size", args.batch_size), overlay=args.overlay,
+                   skip_bad=args.skip_bad, console=console)
+    console.print(f"{len(done['written'])} files written to {args.out}" +
+                  (f"; {len(done['skipped'])} unreadable images skipped" if done["skipped"] else ""), markup=False)
+    return 0
+
+
 def _cmd_tables(args: argparse.Namespace, console: Console) -> int:
     from .records import unusable_records
     from .report import build_report, write_tables
@@ -378,14 +407,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(sub.add_parser("run", help="train and test methods x datasets x seeds, then write the tables"))
     sub.add_parser("methods", help="list registered methods")
     p = sub.add_parser("datasets", help="list registered datasets and whether each is ready on this machine")
-    p.add_argument("--data-root", default=None, help="folder holding prepared datasets (default: datasets/ in a checkout, ~/.cache/peftbench/datasets when installed)")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding prepared datasets (default: datasets/ in a checkout, "
+                        "~/.cache/peftbench/datasets when installed)")
     p = sub.add_parser("prepare", help="download (or take --from), verify, extract, convert, validate a real dataset")
     p.add_argument("name", help="a registered real dataset (peftbench datasets)")
     p.add_argument("--from", dest="inputs", nargs="+", action="extend", metavar="URL_OR_ARCHIVE_OR_FOLDER",
                    help="archives, folders or URLs to use instead of the card's downloads (any order, repeatable)")
     p.add_argument("--source", choices=["convlora", "official"], default=None,
                    help="the Conv-LoRA authors' archive (default where there is one) or the official releases")
-    p.add_argument("--data-root", default=None, help="folder to prepare into (default: datasets/ in a checkout, ~/.cache/peftbench/datasets when installed)")
+    p.add_argument("--data-root", default=None,
+                   help="folder to prepare into (default: datasets/ in a checkout, ~/.cache/peftbench/datasets "
+                        "when installed)")
     p.add_argument("--skip-bad", action="store_true", help="exclude bad image/label pairs (counted in prepared.json)")
     p.add_argument("--force", action="store_true", help="prepare again although prepared.json exists")
     p.add_argument("--binarize", action="store_true",
@@ -422,6 +455,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="tiny_sam.pt", help="weights file; its record goes beside it as .json")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
                    help="default cpu: the shipped weights were trained, and reproduce, there")
+    p = sub.add_parser("export", help="a trained run in peft's, segment-anything's or peftbench's own format")
+    p.add_argument("record", help="the run's record, <out>/runs/<dataset>/<method>/seed<k>.json")
+    p.add_argument("--format", required=True, choices=["state", "peft", "sam"])
+    p.add_argument("--out", required=True, help="folder to write into")
+    p.add_argument("--checkpoint", default=None, help="the run's SAM checkpoint, if it is no longer where it was")
+    p = sub.add_parser("predict", help="masks of a trained run on new images, one PNG per image at its own size")
+    p.add_argument("record", help="the run's record, <out>/runs/<dataset>/<method>/seed<k>.json")
+    p.add_argument("--images", required=True, nargs="+", help="image files and/or folders of images")
+    p.add_argument("--out", required=True, help="folder to write the masks into")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch-size", default="8", help="images per forward pass (default 8)")
+    p.add_argument("--overlay", action="store_true", help="also <name>_overlay.png: the image with the mask in colour")
+    p.add_argument("--skip-bad", action="store_true", help="skip (and list) unreadable images instead of stopping")
     for name in ("report", "tables"):
         p = sub.add_parser(name, help="rebuild every table, figure and results/report.html from the run records")
         p.add_argument("--out", default="results")
@@ -434,7 +480,7 @@ WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
 
 COMMANDS = {"run": _cmd_run, "prepare": _cmd_prepare, "methods": _cmd_methods, "datasets": _cmd_datasets,
             "params": _cmd_params, "tables": _cmd_tables, "report": _cmd_tables, "bench": _cmd_bench,
-            "pretrain-tiny": _cmd_pretrain_tiny}
+            "pretrain-tiny": _cmd_pretrain_tiny, "export": _cmd_export, "predict": _cmd_predict}
 
 
 def main(argv: list[str] | None = None) -> int:

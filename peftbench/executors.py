@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -54,7 +54,11 @@ from .records import (
     write_text_atomic,
 )
 from .resume import claim, release
+from .runs import ADAPTERS, save_trained_state
 from .train import train_run
+
+if TYPE_CHECKING:
+    from .trackers import TrackerSpec
 
 ProgressCallback = Callable[[int, int, int, float], None]  # (epoch, step, steps_per_epoch, loss)
 
@@ -71,6 +75,8 @@ class RunTask:
     cwd: str  # the driver's working directory: relative dataset and checkpoint paths resolve as they did there
     environment: dict  # python, packages, git commit of the driver
     checkpoint_interval_s: float
+    save_adapter: bool = True  # keep the tested model's trained state (runs.save_trained_state)
+    tracker: TrackerSpec | None = None  # log the run to an experiment tracker as it trains
 
     @property
     def label(self) -> str:
@@ -99,11 +105,27 @@ def run_one(task: RunTask, on_step: ProgressCallback | None = None, owner: str |
             return status(task, "skipped")
         start = time.time()
         step = None if on_step is None else lambda epoch, i, steps, loss, groups: on_step(epoch, i, steps, loss)
-        result = train_run(task.config, task.card, task.method, step, checkpoint=checkpoint, lock=lock,
-                           checkpoint_interval_s=task.checkpoint_interval_s)
+        log = None
+        if task.tracker:  # an optional dependency: imported only when asked for
+            from .trackers import RunLog
+
+            log = RunLog(task.tracker, f"{task.card.name}/{task.method.name}/seed{task.seed}",
+                         {"dataset": task.card.name, "method": task.method.name, "seed": str(task.seed),
+                          "config_hash": config_hash(task.config)})
+        try:
+            result = train_run(task.config, task.card, task.method, step, checkpoint=checkpoint, lock=lock,
+                               checkpoint_interval_s=task.checkpoint_interval_s, log=log)
+        except BaseException:
+            if log:
+                log.finish({}, {}, "FAILED")
+            raise
+        trained = result.pop("trained_state")
         if read_record(record):  # another config's record appeared meanwhile (another driver): never replace it
             raise RuntimeError(f"{record}: a record of another config was written while this run trained; "
                                "this run's result is not recorded")
+        if task.save_adapter:  # first: the record names the file
+            result["adapter"] = save_trained_state(trained, task.path(ADAPTERS, ".safetensors"), task.out,
+                                                   {"config_hash": config_hash(task.config)})
         write_json_atomic(record, {
             "method": task.method.name, "dataset": task.card.name, "seed": task.seed, **result,
             "config": task.config, "config_hash": config_hash(task.config), "environment": task.environment,
@@ -112,6 +134,10 @@ def run_one(task: RunTask, on_step: ProgressCallback | None = None, owner: str |
                        "torch_threads": torch.get_num_threads()},
             "wall_time_s": time.time() - start,
         })
+        if log:
+            log.finish({f"test/{test}/{name}": value for test, values in result["metrics"].items()
+                        for name, value in values.items()},
+                       {f"timing/{k}": v for k, v in result["timing"].items() if isinstance(v, (int, float))})
         checkpoint.unlink(missing_ok=True)
         for stale in (task.path("failed", ".json"), task.path("failed", ".log")):  # an earlier attempt's failure
             stale.unlink(missing_ok=True)

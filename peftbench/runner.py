@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from rich.console import Console
@@ -23,7 +24,11 @@ from .hashing import file_sha256
 from .methods import MethodSpec
 from .records import config_differences, config_hash, environment, is_complete, load_record, record_path
 from .report import build_report, write_tables
+from .runs import adapter_path
 from .sam import spec_dict
+
+if TYPE_CHECKING:
+    from .trackers import TrackerSpec
 
 DEFAULTS = {"batch_size": 4, "weight_decay": 1e-4, "grad_clip": 1.0, "patience": 10, "w_seg": 1.0, "w_cls": 1.0}
 
@@ -55,6 +60,9 @@ class GridOptions:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     cpu_workers: int | None = None  # CPU runs: runs in parallel and torch threads per run (see cpu.cpu_policy)
     threads_per_run: int | None = None
+    save_adapters: bool = True  # keep each tested model's trained state beside its record (runs.py)
+    tracker: str | None = None  # log every run to "tensorboard" or "mlflow" (trackers.py) ...
+    tracker_uri: str | None = None  # ... at this log folder / tracking URI (default: under `out`)
 
 
 def resolve_config(method: MethodSpec, card: DatasetCard, seed: int, opts: GridOptions) -> dict:
@@ -97,11 +105,12 @@ def resolve_config(method: MethodSpec, card: DatasetCard, seed: int, opts: GridO
     }
 
 
-def plan_grid(methods: list[MethodSpec], cards: list[DatasetCard], opts: GridOptions) -> list[RunTask]:
+def plan_grid(methods: list[MethodSpec], cards: list[DatasetCard], opts: GridOptions,
+              tracker: TrackerSpec | None = None) -> list[RunTask]:
     """Every (dataset, method, seed) of the grid with its resolved config; `opts.device` already resolved."""
     env, out, cwd = environment(), Path(opts.out).resolve(), os.getcwd()
     return [RunTask(card, method, seed, resolve_config(method, card, seed, opts), out, cwd, env,
-                    opts.checkpoint_interval_s)
+                    opts.checkpoint_interval_s, opts.save_adapters, tracker)
             for card in cards for method in methods for seed in opts.seeds]
 
 
@@ -133,7 +142,7 @@ class _GridProgress:
 def keep_records_true(tasks: list[RunTask], opts: GridOptions) -> None:
     """Before anything trains: an unusable record file stops the grid (it is never silently retrained over), and
     so does a finished record of another config, unless `opts.replace`: then it is moved to
-    <out>/replaced/<time>/ (never deleted) and its run is retrained."""
+    <out>/replaced/<time>/ (never deleted, its trained state with it) and its run is retrained."""
     loaded = [(t, path, *load_record(path)) for t in tasks
               for path in [record_path(t.out, t.card.name, t.method.name, t.seed)]]
     unusable = [(path, why) for _, path, _, why in loaded if why]
@@ -150,10 +159,12 @@ def keep_records_true(tasks: list[RunTask], opts: GridOptions) -> None:
             f"{path} ({config_differences(record.get('config', {}), task.config)}); give --out with a new folder to "
             "keep both, or --replace to retrain them (the old records are moved to a replaced/ folder)")
     moved = Path(opts.out) / "replaced" / time.strftime("%Y%m%d-%H%M%S")
-    for _, path, _ in other:
-        target = moved / path.relative_to(Path(opts.out))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, target)
+    for task, path, _ in other:
+        for old in (path, adapter_path(opts.out, task.card.name, task.method.name, task.seed)):
+            if old.exists():
+                target = moved / old.relative_to(Path(opts.out))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(old, target)
 
 
 def run_grid(methods: list[MethodSpec], cards: list[DatasetCard], opts: GridOptions, console: Console,
@@ -162,7 +173,12 @@ def run_grid(methods: list[MethodSpec], cards: list[DatasetCard], opts: GridOpti
     per run), then render the tables. Returns counts per status, the failed and interrupted runs' statuses and the
     tables."""
     executor = executor or LocalExecutor()
-    tasks = plan_grid(methods, cards, replace(opts, device=executor.device_type(opts.device)))
+    tracker = None
+    if opts.tracker:  # an optional dependency: imported only when asked for; unusable: an error before any training
+        from .trackers import tracker_spec
+
+        tracker = tracker_spec(opts.tracker, opts.tracker_uri, Path(opts.out))
+    tasks = plan_grid(methods, cards, replace(opts, device=executor.device_type(opts.device)), tracker)
     keep_records_true(tasks, opts)
     pending = [t for t in tasks if not is_complete(record_path(t.out, t.card.name, t.method.name, t.seed), t.config)]
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -177,4 +193,8 @@ def run_grid(methods: list[MethodSpec], cards: list[DatasetCard], opts: GridOpti
                "failed_runs": [r for r in monitor.results if r["status"] == "failed"],
                "interrupted_runs": [r for r in monitor.results if r["status"] == "interrupted"]}
     summary["tables"] = write_tables(opts.out) + build_report(opts.out)
+    if tracker:
+        from .trackers import log_grid_artifacts
+
+        log_grid_artifacts(tracker, summary["tables"])
     return summary

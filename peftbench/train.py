@@ -17,6 +17,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from .losses import balanced_bce, bce_dice, multiclass_loss, structure_loss
 from .methods import Method, MethodSpec
 from .methods.base import trainable_state
 from .metrics import BinaryMeter, MulticlassMeter, provenance, spec
+from .predict import at_size
 from .records import config_hash
 from .resume import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .sam import load_sam, official_param_count, random_sam
@@ -175,6 +177,7 @@ class StepPass:
     micro_batches: int
     images: int
     seconds: float
+    lrs: dict[str, float]  # the learning rate each active group stepped with
 
 
 def train_step(model: SamSegmenter, method: Method, optimization: Optimization, batch: list[tuple],
@@ -206,10 +209,11 @@ def train_step(model: SamSegmenter, method: Method, optimization: Optimization, 
         bad = [value for value in losses if not np.isfinite(value)]
         if bad:
             raise FloatingPointError(f"training loss is {bad[0]}")
+        lrs = {name: optimization.optimizers[name].param_groups[0]["lr"] for name in active}
         optimization.step(active, lambda: method.after_backward(model, step, total_steps))
         if device.type == "cuda":
             torch.cuda.synchronize()
-        passes.append(StepPass(active, losses, len(batch), images, time.perf_counter() - start))
+        passes.append(StepPass(active, losses, len(batch), images, time.perf_counter() - start, lrs))
         if on_pass:
             on_pass(passes[-1])
     optimization.set_trainable(list(optimization.groups))
@@ -239,9 +243,8 @@ def meter_for(card: DatasetCard, names: list[str]) -> BinaryMeter | MulticlassMe
 def _score(meter: BinaryMeter | MulticlassMeter, probs: torch.Tensor, label: np.ndarray) -> None:
     """probs: (S, S) foreground probability or (K, S, S) class scores at the model's resolution; label: (H, W)
     0/1, 0/255 or class ids. The prediction is resized (bilinear) to the label's size, as the polyp, COD and ISIC
-    toolboxes do (a no-op when the label is the model-sized one)."""
-    resized = torch.nn.functional.interpolate(probs.reshape(1, -1, *probs.shape[-2:]), size=label.shape,
-                                              mode="bilinear", align_corners=False)[0]
+    toolboxes do (a no-op when the label is the model-sized one); `peftbench predict` resizes with the same at_size."""
+    resized = at_size(probs, label.shape)
     if isinstance(meter, BinaryMeter):
         meter.update(resized[0].clamp(0, 1).numpy(), label > (127 if label.max() > 1 else 0))
     else:
@@ -401,18 +404,51 @@ def _batches(loader: DataLoader, accumulate: int):
         yield chunk
 
 
+class TrainLog(Protocol):
+    """Where a run reports as it trains (an experiment tracker's run, trackers.RunLog)."""
+
+    def config(self, config: dict, params: dict) -> None: ...
+    def step(self, step: int, values: dict[str, float]) -> None: ...
+    def epoch(self, epoch: int, values: dict[str, float]) -> None: ...
+
+
+class NoLog:
+    """The TrainLog of a run without a tracker."""
+
+    def config(self, config: dict, params: dict) -> None:
+        pass
+
+    def step(self, step: int, values: dict[str, float]) -> None:
+        pass
+
+    def epoch(self, epoch: int, values: dict[str, float]) -> None:
+        pass
+
+
+def _log_pass(log: TrainLog, step: int, p: StepPass) -> None:
+    """One optimizer step's loss (architecture steps apart) and learning rates."""
+    loss = float(np.mean(p.losses))
+    log.step(step, {("train/loss" if "weights" in p.active else "train/arch_loss"): loss,
+                    **{f"lr/{name}": lr for name, lr in p.lrs.items()}})
+
+
 def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step: StepCallback | None = None,
-              checkpoint: Path | None = None, lock: Path | None = None, checkpoint_interval_s: float = 0.0) -> dict:
-    """Train, select on validation, test. Returns the record fields metrics, per_image, params, timing, history.
+              checkpoint: Path | None = None, lock: Path | None = None, checkpoint_interval_s: float = 0.0,
+              log: TrainLog | None = None) -> dict:
+    """Train, select on validation, test. Returns the record fields metrics, per_image, params, timing, history,
+    and `trained_state`: the trainable parameters and buffers of the tested weights, before any merge.
 
     With `checkpoint`, the state after an epoch is saved there (at most every `checkpoint_interval_s` seconds, so
-    sub-second CPU epochs do not spend their time writing) and a run finding one continues from it.
+    sub-second CPU epochs do not spend their time writing) and a run finding one continues from it. `log`: an
+    experiment tracker's run, told the config, every step's loss and learning rates and every epoch's validation.
     """
     device = resolve_device(config["device"])
     seed_everything(config["seed"])
     model, method = build_model(config, card, method_spec)
     model.to(device)
     params = count_params(model, config["sam"])
+    log = log or NoLog()
+    log.config(config, params)
     if config["attention"] == "sdpa":
         use_sdpa(model)
     if config["checkpointing"]:
@@ -443,6 +479,7 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
                 passes.append(p)
                 if on_step:
                     on_step(epoch, step, steps_per_epoch, p.losses[-1], p.active)
+                _log_pass(log, epoch * steps_per_epoch + step, p)
 
             try:
                 train_step(model, method, optimization, batch, method.step_plan(epoch, step) or [list(groups)], card,
@@ -458,6 +495,8 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
                               "train_s": time.perf_counter() - epoch_start,
                               "train_passes": sum(p.micro_batches for p in passes),
                               "arch_steps": sum("arch" in p.active for p in passes)})
+        log.epoch(epoch, {f"val/{card.select_metric}": val_metrics[card.select_metric],
+                          "train/epoch_loss": state.history[-1]["train_loss"]})
         if method.selectable(epoch):  # not NAS-LoRA before its search: that is not yet the method it is named after
             state.select(epoch, val_metrics[card.select_metric], select.higher_is_better, model)
         if checkpoint and time.monotonic() - last_save >= checkpoint_interval_s:
@@ -477,6 +516,7 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
                       "first_selectable_epoch": next(e for e in range(config["epochs"]) if method.selectable(e))},
         "history": state.history, "milestones": method.milestones(), "statistics": statistics, "schedule": schedule,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "trained_state": state.best_state,
     }
 
 
