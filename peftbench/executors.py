@@ -21,6 +21,7 @@ per run, more than a tiny CPU run) and has run no torch operation, so no CUDA co
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import faulthandler
 import multiprocessing
@@ -115,9 +116,10 @@ def run_one(task: RunTask, on_step: ProgressCallback | None = None, owner: str |
         try:
             result = train_run(task.config, task.card, task.method, step, checkpoint=checkpoint, lock=lock,
                                checkpoint_interval_s=task.checkpoint_interval_s, log=log)
-        except BaseException:
-            if log:
-                log.finish({}, {}, "FAILED")
+        except BaseException as err:
+            if log:  # the run's own error is the one to report, even if the tracker fails too
+                with contextlib.suppress(Exception):
+                    log.finish({}, {}, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
             raise
         trained = result.pop("trained_state")
         if read_record(record):  # another config's record appeared meanwhile (another driver): never replace it
@@ -135,15 +137,25 @@ def run_one(task: RunTask, on_step: ProgressCallback | None = None, owner: str |
             "wall_time_s": time.time() - start,
         })
         if log:
-            log.finish({f"test/{test}/{name}": value for test, values in result["metrics"].items()
-                        for name, value in values.items()},
-                       {f"timing/{k}": v for k, v in result["timing"].items() if isinstance(v, (int, float))})
+            _finish_log(log, result)
         checkpoint.unlink(missing_ok=True)
         for stale in (task.path("failed", ".json"), task.path("failed", ".log")):  # an earlier attempt's failure
             stale.unlink(missing_ok=True)
         return status(task, "trained")
     finally:
         release(lock)
+
+
+def _finish_log(log, result: dict) -> None:
+    """Final test metrics and timing to the tracker; the run is recorded already, so a tracker failing now is a
+    warning in the run's log, not a failed run."""
+    try:
+        log.finish({f"test/{test}/{name}": value for test, values in result["metrics"].items()
+                    for name, value in values.items()},
+                   {f"timing/{k}": v for k, v in result["timing"].items() if isinstance(v, (int, float))})
+    except Exception as err:  # noqa: BLE001 - any tracker error: the recorded run stands
+        print(f"peftbench: warning: the tracker did not take the final metrics ({type(err).__name__}: {err})",
+              file=sys.stderr)
 
 
 def record_failure(task: RunTask, error: str, log: Path | None = None, log_text: str | None = None,

@@ -1,5 +1,6 @@
-"""Figures from run records: validation curves over seeds (the paper's Fig. C1) and the learned operation
-distribution of searchable methods (Fig. C2). PNG and PDF under <out>/figures, the plotted numbers as CSV."""
+"""Figures from run records: validation curves over seeds (the paper's Fig. C1), the learned operation
+distribution of searchable methods (Fig. C2), quality against parameters, throughput (PNG and PDF, the plotted
+numbers as CSV) and predicted test masks per method (PNG), under <out>/figures."""
 
 from __future__ import annotations
 
@@ -9,10 +10,20 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
+import torch
 from matplotlib.ticker import EngFormatter
+from PIL import Image
 
-from .records import atomic_output, write_csv_atomic
+from .data import DatasetCard, build_splits
+from .device import resolve_device
+from .errors import UserError
+from .predict import class_colours, decode, predict_masks
+from .records import atomic_output, record_path, write_csv_atomic
+from .runs import load_run
+
+PREDICTION_IMAGES = 3  # test images per dataset in the predicted-masks figure
 
 
 def curves_frame(records: list[dict]) -> pd.DataFrame:
@@ -31,9 +42,9 @@ def operations_frame(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["dataset", "method", "seed", "operation", "proportion"])
 
 
-def _save(fig, stem: Path) -> list[Path]:
+def _save(fig, stem: Path, suffixes: tuple[str, ...] = (".png", ".pdf")) -> list[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    paths = [stem.with_suffix(suffix) for suffix in suffixes]
     for path in paths:
         with atomic_output(path, "wb") as f:
             fig.savefig(f, format=path.suffix[1:], bbox_inches="tight", dpi=150)
@@ -117,6 +128,80 @@ def throughput_figure(records: list[dict], stem: Path) -> list[Path]:
     return _save(fig, stem)
 
 
+def shown_runs(records: list[dict]) -> dict[str, dict[str, dict]]:
+    """dataset -> method -> the record whose predictions are shown: its lowest seed among those that kept their
+    trained state (records without one are left out). Runs on the official architectures only with a GPU here: on
+    a CPU a vit_h forward at 1024 px takes about a minute, too long for every report rebuild."""
+    shown: dict[str, dict[str, dict]] = {}
+    cheap = torch.cuda.is_available()
+    for r in sorted(records, key=lambda r: r["seed"]):
+        if r.get("adapter") and "config" in r and (cheap or r["config"]["sam"] in ("tiny", "tiny_random")):
+            shown.setdefault(r["dataset"], {}).setdefault(r["method"], r)
+    return shown
+
+
+def first_test_samples(card: DatasetCard, count: int) -> tuple[str, list[tuple[Image.Image, np.ndarray]]]:
+    """The card's first test set: its split name and its first `count` (RGB image, (H, W) label as stored) pairs
+    in the test loader's order, each at its own size. A UserError when the card's files are not on this machine."""
+    splits = build_splits(card, card.size)  # the size only matters to the model-size tensors, not used here
+    name = next(name for name in splits if name.startswith("test"))
+    test = splits[name]
+    pairs = []
+    for i in range(min(count, len(test))):
+        if isinstance(test.samples, tuple):  # generated: arrays
+            image = Image.fromarray(test.samples[0][i])
+        else:
+            image, why = decode(path := test.samples.iloc[i]["image"])
+            if image is None:
+                raise UserError(f"{path}: {why}")
+        pairs.append((image, test.original_label(i)))
+    return name, pairs
+
+
+def _classes(label: np.ndarray, kind: str) -> np.ndarray:
+    """A label or mask as class ids for the palette: binary 0/1 (thresholded as the trainer reads labels)."""
+    return (label > (127 if label.max() > 1 else 0)).astype(np.uint8) if kind == "binary" else label
+
+
+def predictions_figure(runs: dict[str, dict], out: Path, dataset: str, stem: Path) -> list[Path]:
+    """Rows: the first test images; columns: image, label, each run's predicted mask (see predict.predict_masks),
+    classes coloured as in `peftbench predict --overlay`. Each run's model is loaded once per dataset (on vit_*:
+    its SAM checkpoint read and sha256-checked each time, seconds per run). Nothing when the test images are not
+    on this machine; a run whose model cannot be loaded here (its SAM checkpoint moved) is left out."""
+    try:
+        card = DatasetCard(**next(iter(runs.values()))["config"]["dataset"])
+    except TypeError:  # a card field this version of peftbench does not know
+        return []
+    try:
+        split, samples = first_test_samples(card, PREDICTION_IMAGES)
+    except (UserError, OSError):
+        return []
+    device, masks = resolve_device("auto"), {}
+    for method, record in runs.items():
+        try:
+            model = load_run(record_path(out, dataset, record["config"]["method"]["name"], record["seed"]),
+                             device=device)
+        except UserError:
+            continue
+        masks[method] = predict_masks(model, [image for image, _ in samples], device)
+    if not masks:
+        return []
+    palette = class_colours(max(card.num_classes, 2))
+    columns = ["image", "label", *masks]
+    fig, axes = plt.subplots(len(samples), len(columns), figsize=(1.6 * len(columns), 1.6 * len(samples)),
+                             squeeze=False)
+    for row, (image, label) in enumerate(samples):
+        shown = [np.asarray(image), palette[_classes(label, card.kind)],
+                 *(palette[_classes(m[row], card.kind)] for m in masks.values())]
+        for ax, picture in zip(axes[row], shown):
+            ax.imshow(picture, interpolation="nearest")
+            ax.axis("off")
+    for ax, title in zip(axes[0], columns):
+        ax.set_title(title, fontsize=7)
+    fig.suptitle(f"{dataset} ({split}): predicted masks, lowest seed with a kept state", fontsize=8)
+    return _save(fig, stem, (".png",))
+
+
 def write_figures(records: list[dict], out: Path) -> list[Path]:
     """Render every figure of `records` (the records under `out`/runs, see load_records) into `out`/figures.
     Returns the files written."""
@@ -136,4 +221,6 @@ def write_figures(records: list[dict], out: Path) -> list[Path]:
         written.append(figures / "operations.csv")
         for dataset in operations["dataset"].unique():
             written += operations_figure(operations, dataset, figures / f"operations_{dataset}")
+    for dataset, runs in shown_runs(records).items():
+        written += predictions_figure(runs, out, dataset, figures / f"predictions_{dataset}")
     return written

@@ -10,6 +10,7 @@ trained state, merged if the run tested the merged model.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import safetensors.torch
@@ -97,9 +98,21 @@ def base_sam(record: dict, where: str, checkpoint: str | Path | None = None):
         if not path.is_file():
             raise UserError(f"{where}: the run's SAM checkpoint {path} is missing; pass checkpoint= (or --checkpoint) "
                             "with its path")
-        if config.get("checkpoint_sha256") and file_sha256(path) != config["checkpoint_sha256"]:
+        if config.get("checkpoint_sha256") and _checkpoint_sha256(path) != config["checkpoint_sha256"]:
             raise UserError(f"{path}: differs from the SAM checkpoint recorded in {where} (sha256)")
     return load_sam(config["sam"], path)
+
+
+def _checkpoint_sha256(path: Path) -> str:
+    """A SAM checkpoint's sha256, hashed once per process while the file is unchanged (2.5 GB for vit_h: a report
+    loading many runs of one grid reads it once)."""
+    stat = path.stat()
+    return _sha256_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=8)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(Path(path))
 
 
 def load_run(record_file: str | Path, adapter: bool = True, device: str | torch.device = "cpu",
