@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -27,19 +26,12 @@ from .device import resolve_device
 from .errors import UserError
 from .records import atomic_output
 from .runs import load_run, read_run
-from .segmenter import SamSegmenter, normalise
+from .segmenter import SamSegmenter, at_size, normalise
 
 OVERLAY_ALPHA = 0.5  # weight of the class colour where an overlay marks a class
 IGNORE_COLOUR = (255, 255, 255)  # multi-class labels' 255 ("ignore") in figures
 # What PIL and tifffile raise on a file that is not a readable image (truncated, corrupt, another format).
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
-def at_size(probs: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """(S, S) foreground probability or (K, S, S) class scores at the model's resolution -> (1 or K, H, W) at
-    `size` = (H, W), resized bilinearly as the polyp, COD and ISIC toolboxes resize predictions (a no-op at S x S)."""
-    return F.interpolate(probs.reshape(1, -1, *probs.shape[-2:]), size=tuple(size), mode="bilinear",
-                         align_corners=False)[0]
 
 
 def mask_at(probs: torch.Tensor, size: Sequence[int]) -> np.ndarray:

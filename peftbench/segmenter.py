@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
@@ -25,6 +27,13 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
     return (images.float() / 255 - mean) / std
+
+
+def at_size(probs: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(S, S) foreground probability or (K, S, S) class scores at the model's resolution -> (1 or K, H, W) at
+    `size` = (H, W), resized bilinearly as the polyp, COD and ISIC toolboxes resize predictions (a no-op at S x S)."""
+    return F.interpolate(probs.reshape(1, -1, *probs.shape[-2:]), size=tuple(size), mode="bilinear",
+                         align_corners=False)[0]
 
 
 class SamSegmenter(nn.Module):

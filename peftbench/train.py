@@ -29,11 +29,10 @@ from .losses import balanced_bce, bce_dice, multiclass_loss, structure_loss
 from .methods import Method, MethodSpec
 from .methods.base import trainable_state
 from .metrics import BinaryMeter, MulticlassMeter, provenance, spec
-from .predict import at_size
 from .records import config_hash
 from .resume import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .sam import load_sam, official_param_count, random_sam
-from .segmenter import SamSegmenter
+from .segmenter import SamSegmenter, at_size
 from .speed import checkpoint_blocks, embedding_cache, use_sdpa
 
 StepCallback = Callable[[int, int, int, float, list], None]  # (epoch, step, steps_per_epoch, loss, groups stepped)
