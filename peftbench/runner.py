@@ -158,11 +158,11 @@ def keep_records_true(tasks: list[RunTask], opts: GridOptions) -> None:
             f"{len(other)} finished record(s) under {Path(opts.out) / 'runs'} were made with another config, e.g. "
             f"{path} ({config_differences(record.get('config', {}), task.config)}); give --out with a new folder to "
             "keep both, or --replace to retrain them (the old records are moved to a replaced/ folder)")
-    moved = Path(opts.out) / "replaced" / time.strftime("%Y%m%d-%H%M%S")
-    for task, path, _ in other:
-        for old in (path, adapter_path(opts.out, task.card.name, task.method.name, task.seed)):
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for task, path, _ in other:  # task.out: the resolved --out, which `path` is under
+        for old in (path, adapter_path(task.out, task.card.name, task.method.name, task.seed)):
             if old.exists():
-                target = moved / old.relative_to(Path(opts.out))
+                target = task.out / "replaced" / stamp / old.relative_to(task.out)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(old, target)
 

@@ -114,10 +114,10 @@ def test_no_save_adapters_and_replace(grid, tmp_path):
     assert not (out / "adapters").exists() and "adapter" not in json.loads(record_of(out, "lora").read_text())
     with pytest.raises(UserError, match="kept no trained state"):
         load_run(record_of(out, "lora"))
-    # --replace moves a replaced record's state with it, where load_run still finds it.
+    # --replace moves a replaced record's state with it, where load_run still finds it; --out as typed, relative.
     shutil.copytree(grid, out, dirs_exist_ok=True)
     done = peftbench_cli("run", "--methods", "lora", "--datasets", CARD, "--seeds", "0", "--epochs", "1",
-                         "--replace", "--out", out)
+                         "--replace", "--out", "results", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     (moved,) = (out / "replaced").glob("*/runs/synth_leaf/lora/seed0.json")
     assert json.loads(moved.read_text())["config"]["epochs"] == 2
