@@ -55,7 +55,7 @@ from .records import (
     write_text_atomic,
 )
 from .resume import claim, release
-from .runs import ADAPTERS, save_trained_state
+from .runs import adapter_path, save_trained_state
 from .train import train_run
 
 if TYPE_CHECKING:
@@ -126,8 +126,9 @@ def run_one(task: RunTask, on_step: ProgressCallback | None = None, owner: str |
             raise RuntimeError(f"{record}: a record of another config was written while this run trained; "
                                "this run's result is not recorded")
         if task.save_adapter:  # first: the record names the file
-            result["adapter"] = save_trained_state(trained, task.path(ADAPTERS, ".safetensors"), task.out,
-                                                   {"config_hash": config_hash(task.config)})
+            result["adapter"] = save_trained_state(
+                trained, adapter_path(task.out, task.card.name, task.method.name, task.seed), task.out,
+                {"config_hash": config_hash(task.config)})
         write_json_atomic(record, {
             "method": task.method.name, "dataset": task.card.name, "seed": task.seed, **result,
             "config": task.config, "config_hash": config_hash(task.config), "environment": task.environment,

@@ -26,7 +26,7 @@ from .methods.dora import DoRA, DoRALinear
 from .methods.lora import LoRA, LoRALinear
 from .methods.vera import VeRA, VeRALinear
 from .records import atomic_output, write_json_atomic, write_text_atomic
-from .runs import base_sam, load_run, method_of, read_run, results_folder, trained_state
+from .runs import base_sam, load_run, method_of, read_run, trained_state_file
 from .sam import OFFICIAL_CHECKPOINTS
 
 FORMATS = ("state", "peft", "sam")
@@ -68,8 +68,7 @@ def export_run(record_file: str | Path, fmt: str, out: Path, checkpoint: str | P
 
 
 def _state(record_file: Path, record: dict, out: Path, checkpoint) -> list[Path]:
-    trained_state(record_file, record)  # checks the file against its sha256
-    source = results_folder(record_file) / record["adapter"]["file"]
+    source = trained_state_file(record_file, record)  # checked against its sha256
     target = out / "trained_state.safetensors"
     with atomic_output(target, "wb") as f, open(source, "rb") as src:
         shutil.copyfileobj(src, f)

@@ -7,7 +7,6 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +19,7 @@ from .data.loading import AUGMENTATION
 from .device import resolve_device, resolve_precision
 from .errors import UserError
 from .executors import Executor, LocalExecutor, RunTask
-from .hashing import file_sha256
+from .hashing import cached_file_sha256
 from .methods import MethodSpec
 from .records import config_differences, config_hash, environment, is_complete, load_record, record_path
 from .report import build_report, write_tables
@@ -31,12 +30,6 @@ if TYPE_CHECKING:
     from .trackers import TrackerSpec
 
 DEFAULTS = {"batch_size": 4, "weight_decay": 1e-4, "grad_clip": 1.0, "patience": 10, "w_seg": 1.0, "w_cls": 1.0}
-
-
-@lru_cache(maxsize=4)
-def checkpoint_sha256(path: str) -> str:
-    """A checkpoint's sha256, hashed once per process (every run of a grid records it)."""
-    return file_sha256(path)
 
 
 @dataclass
@@ -85,7 +78,7 @@ def resolve_config(method: MethodSpec, card: DatasetCard, seed: int, opts: GridO
         "sam": opts.sam,
         "sam_spec": spec_dict(architecture),
         "checkpoint": checkpoint,
-        "checkpoint_sha256": checkpoint_sha256(checkpoint) if checkpoint else None,
+        "checkpoint_sha256": cached_file_sha256(checkpoint) if checkpoint else None,
         "device": device.type,
         "precision": resolve_precision(opts.precision, device),
         "epochs": epochs,

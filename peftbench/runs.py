@@ -10,25 +10,22 @@ trained state, merged if the run tested the merged model.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 import safetensors.torch
 import torch
 
 from .errors import UserError
-from .hashing import file_sha256
+from .hashing import bytes_sha256, cached_file_sha256, file_sha256
 from .methods import MethodSpec
 from .methods.registry import family_class
 from .records import atomic_output, load_record
 from .sam import load_sam, random_sam
 from .segmenter import SamSegmenter
 
-ADAPTERS = "adapters"
-
 
 def adapter_path(out: Path, dataset: str, method: str, seed: int) -> Path:
-    return Path(out) / ADAPTERS / dataset / method / f"seed{seed}.safetensors"
+    return Path(out) / "adapters" / dataset / method / f"seed{seed}.safetensors"
 
 
 def save_trained_state(state: dict[str, torch.Tensor], path: Path, out: Path, metadata: dict[str, str]) -> dict:
@@ -38,7 +35,7 @@ def save_trained_state(state: dict[str, torch.Tensor], path: Path, out: Path, me
     data = safetensors.torch.save(tensors, metadata=metadata)
     with atomic_output(path, "wb") as f:
         f.write(data)
-    return {"file": str(Path(path).relative_to(out)), "sha256": file_sha256(path), "bytes": len(data),
+    return {"file": str(Path(path).relative_to(out)), "sha256": bytes_sha256(data), "bytes": len(data),
             "tensors": len(tensors), "numel": sum(t.numel() for t in tensors.values()),
             "dtypes": sorted({str(t.dtype).removeprefix("torch.") for t in tensors.values()})}
 
@@ -61,8 +58,8 @@ def read_run(record_file: str | Path) -> dict:
     return record
 
 
-def trained_state(record_file: str | Path, record: dict | None = None) -> dict[str, torch.Tensor]:
-    """The run's saved trained state, checked against the recorded sha256."""
+def trained_state_file(record_file: str | Path, record: dict | None = None) -> Path:
+    """The file of the run's kept trained state, checked against the recorded sha256."""
     record = record or read_run(record_file)
     saved = record.get("adapter")
     if not saved:
@@ -73,7 +70,12 @@ def trained_state(record_file: str | Path, record: dict | None = None) -> dict[s
         raise UserError(f"{path}: the trained state of {record_file} is missing")
     if file_sha256(path) != saved["sha256"]:
         raise UserError(f"{path}: differs from the sha256 recorded in {record_file} (changed or damaged)")
-    return safetensors.torch.load_file(path)
+    return path
+
+
+def trained_state(record_file: str | Path, record: dict | None = None) -> dict[str, torch.Tensor]:
+    """The run's kept trained state, checked against the recorded sha256."""
+    return safetensors.torch.load_file(trained_state_file(record_file, record))
 
 
 def method_of(record: dict, where: str) -> MethodSpec:
@@ -98,21 +100,9 @@ def base_sam(record: dict, where: str, checkpoint: str | Path | None = None):
         if not path.is_file():
             raise UserError(f"{where}: the run's SAM checkpoint {path} is missing; pass checkpoint= (or --checkpoint) "
                             "with its path")
-        if config.get("checkpoint_sha256") and _checkpoint_sha256(path) != config["checkpoint_sha256"]:
+        if config.get("checkpoint_sha256") and cached_file_sha256(path) != config["checkpoint_sha256"]:
             raise UserError(f"{path}: differs from the SAM checkpoint recorded in {where} (sha256)")
     return load_sam(config["sam"], path)
-
-
-def _checkpoint_sha256(path: Path) -> str:
-    """A SAM checkpoint's sha256, hashed once per process while the file is unchanged (2.5 GB for vit_h: a report
-    loading many runs of one grid reads it once)."""
-    stat = path.stat()
-    return _sha256_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@lru_cache(maxsize=8)
-def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
-    return file_sha256(Path(path))
 
 
 def load_run(record_file: str | Path, adapter: bool = True, device: str | torch.device = "cpu",
