@@ -27,7 +27,7 @@ import difflib
 import re
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -44,13 +44,7 @@ class MethodConfig:
     def from_dict(cls, values: dict, source: str) -> MethodConfig:
         """The config of a TOML `[hparams]` table (or keyword overrides); an unknown key, a value of the wrong type
         or an invalid value (the dataclass's `__post_init__` raises ValueError) is a UserError naming `source`."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        for key in values:
-            if key not in fields:
-                close = difflib.get_close_matches(key, fields, n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                raise UserError(f"{source}: unknown hyper-parameter {key!r}; {hint}"
-                                f"{cls.__name__} has {', '.join(sorted(fields)) or 'none'}")
+        check_keys(values, [f.name for f in dataclasses.fields(cls)], source, "hyper-parameter")
         hints = typing.get_type_hints(cls)
         checked = {key: _typed(value, hints[key], f"{source}: hyper-parameter {key!r}") for key, value in values.items()}
         try:
@@ -70,6 +64,16 @@ class TargetedConfig(MethodConfig):
 
     targets: tuple[str, ...] = ("attn.qkv",)
     scope: str = "image_encoder"
+
+
+def check_keys(keys, known: Sequence[str], where: str, what: str = "key") -> None:
+    """A one-line UserError for the first of `keys` not in `known`, with the closest known one: a misspelled setting
+    is never silently ignored."""
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UserError(f"{where}: unknown {what} {key!r}; {hint}expected one of {', '.join(known) or 'none'}")
 
 
 def _typed(value, hint, where: str):

@@ -9,7 +9,6 @@ a misspelled one is an error naming the file and the key, never a silently ignor
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.util
 import os
@@ -22,7 +21,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..paths import METHODS_DIR
-from .base import Method, MethodConfig
+from .base import Method, MethodConfig, check_keys
 
 FAMILIES: dict[str, type[Method]] = {}
 BACKBONES = ("pretrained", "random")
@@ -126,14 +125,6 @@ def _merged(base: dict, override: dict) -> dict:
     return out
 
 
-def _unknown(keys, known, where: str) -> None:
-    for key in keys:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise UserError(f"{where}: unknown key {key!r}; {hint}expected one of {', '.join(known)}")
-
-
 def _read_toml(path: Path, directory: Path) -> dict:
     try:
         data = tomllib.loads(path.read_text())
@@ -141,7 +132,7 @@ def _read_toml(path: Path, directory: Path) -> dict:
         raise UserError(f"{path}: cannot read the method file ({err.strerror})") from None
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"{path}: invalid TOML ({err})") from None
-    _unknown(data, FILE_KEYS, str(path))
+    check_keys(data, FILE_KEYS, str(path))
     if "base" in data:  # a variant: the base method's file with this file's keys on top
         candidates = [path.parent / f"{data['base']}.toml", directory / f"{data['base']}.toml"]
         base_path = next((p for p in candidates if p.is_file()), None)
@@ -160,10 +151,10 @@ def read_method(path: Path, directory: Path = METHODS_DIR) -> MethodSpec:
     family = data.get("family")
     cls = family_class(family, str(path))
     train = data.get("train", {})
-    _unknown(train, TRAIN_KEYS, f"{path}: [train]")
+    check_keys(train, TRAIN_KEYS, f"{path}: [train]")
     for group, settings in train.get("group_optim", {}).items():
-        _unknown(settings, GROUP_OPTIM_KEYS, f"{path}: [train.group_optim.{group}]")
-    _unknown(data.get("paper", {}), PAPER_KEYS, f"{path}: [paper]")
+        check_keys(settings, GROUP_OPTIM_KEYS, f"{path}: [train.group_optim.{group}]")
+    check_keys(data.get("paper", {}), PAPER_KEYS, f"{path}: [paper]")
     backbone = data.get("backbone", "pretrained")
     if backbone not in BACKBONES:
         raise UserError(f"{path}: backbone must be one of {', '.join(BACKBONES)}, not {backbone!r}")
