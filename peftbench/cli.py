@@ -346,11 +346,11 @@ def _cmd_predict(args: argparse.Namespace, console: Console) -> int:
 
 def _cmd_tables(args: argparse.Namespace, console: Console) -> int:
     from .records import unusable_records
-    from .report import build_report, write_tables
+    from .report import build_report
 
     for path, why in unusable_records(Path(args.out)).items():  # named, never silently left out
         print(f"peftbench: warning: {path}: {why}; left out of the tables (its seed shows as missing)", file=sys.stderr)
-    written = write_tables(Path(args.out)) + build_report(
+    written = build_report(
         Path(args.out), reference=args.reference, warn=lambda text: print(f"peftbench: warning: {text}", file=sys.stderr))
     if not written:
         raise UserError(f"--out {args.out}: no run records under {Path(args.out) / 'runs'}; run `peftbench run` first")

@@ -181,13 +181,15 @@ def _write(table: pd.DataFrame, stats: pd.DataFrame, stem: Path, caption: str) -
 
 
 def write_tables(out: Path) -> list[Path]:
-    """tables/metrics and tables/timing from the records under `out`/runs, into `out`/tables. Returns the files."""
+    """tables/metrics and tables/timing from the records under `out`/runs, into `out`/tables. Returns the files.
+    (build_report writes them too, with every other table.)"""
     records = load_records(out)
-    if not records:
-        return []
-    df = long_frame(records)
+    return _generic_tables(records, long_frame(records), Path(out) / "tables") if records else []
+
+
+def _generic_tables(records: list[dict], df: pd.DataFrame, tables: Path) -> list[Path]:
+    """tables/metrics and tables/timing of `records` (`df`: their long_frame) into the folder `tables`."""
     seeds = sorted({r["seed"] for r in records})
-    tables = Path(out) / "tables"
     metric_caption = f"Test metrics (%), mean ± std over seeds {seeds} (std with ddof=1); ber: lower is better."
     if unsearched(records):
         metric_caption += " " + SEARCH_NOTE
@@ -583,8 +585,9 @@ def write_html(out: Path, tables: list[tuple[str, str]], figures: list[Path]) ->
 
 
 def build_report(out: Path, reference: bool = False, warn: Callable[[str], None] = print) -> list[Path]:
-    """Rebuild every table, figure and the HTML page from the records under `out`/runs. Returns the files.
-    `warn`: how to say that `reference` found no published number to put beside these results."""
+    """Rebuild every table (tables/metrics and tables/timing included), figure and the HTML page from the records
+    under `out`/runs, reading them once. Returns the files. `warn`: how to say that `reference` found no published
+    number to put beside these results."""
     records = load_records(out)
     if not records:
         return []
@@ -594,7 +597,7 @@ def build_report(out: Path, reference: bool = False, warn: Callable[[str], None]
     infos, not_engaged = method_infos(records), unsearched(records)
     folder = Path(out) / "tables"
     folder.mkdir(parents=True, exist_ok=True)
-    written, rendered, reference_rows = [], [], 0
+    written, rendered, reference_rows = _generic_tables(records, df, folder), [], 0
     definitions = metric_definitions(records)
     for table in plan_tables(records, df):
         table.notes += table_notes(table, definitions)

@@ -22,7 +22,7 @@ from .executors import Executor, LocalExecutor, RunTask
 from .hashing import cached_file_sha256
 from .methods import MethodSpec
 from .records import config_differences, config_hash, environment, is_complete, load_record, record_path
-from .report import build_report, write_tables
+from .report import build_report
 from .runs import adapter_path
 from .sam import spec_dict
 
@@ -185,7 +185,7 @@ def run_grid(methods: list[MethodSpec], cards: list[DatasetCard], opts: GridOpti
                "claimed": counts["claimed"], "failed": counts["failed"], "interrupted": counts["interrupted"],
                "failed_runs": [r for r in monitor.results if r["status"] == "failed"],
                "interrupted_runs": [r for r in monitor.results if r["status"] == "interrupted"]}
-    summary["tables"] = write_tables(opts.out) + build_report(opts.out)
+    summary["tables"] = build_report(opts.out)
     if tracker:
         from .trackers import log_grid_artifacts
 
