@@ -1,10 +1,10 @@
 """Masks of a trained run on new images (`peftbench predict`), computed as the trainer computes test predictions.
 
-Each image is decoded as RGB, bicubic-resized to the model's S x S input without keeping its aspect ratio and
-ImageNet-normalised (data/loading.py); the model's probabilities are resized back to the image's own size (bilinear)
-and thresholded as the trainer scores them (train._score): binary p > 0.5, multi-class argmax. One PNG per image:
-binary 0/255, multi-class the class index (8-bit, so K <= 255 classes). Class 0 is the background of every card:
-overlays and figures leave it uncoloured.
+Each image is decoded to RGB by files.read_image (the loaders' rule for every mode), bicubic-resized to the model's
+S x S input without keeping its aspect ratio and ImageNet-normalised (data/loading.py); the model's probabilities are
+resized back to the image's own size (bilinear) and thresholded as the trainer scores them (train._score): binary
+p > 0.5, multi-class argmax. One PNG per image: binary 0/255, multi-class the class index (8-bit, so K <= 255
+classes). Class 0 is the background of every card: overlays and figures leave it uncoloured.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .data.files import IMAGE_SUFFIXES
-from .data.layouts import image_files, open_image
+from .data.files import IMAGE_SUFFIXES, ImageRuleError, read_image
+from .data.layouts import image_files
 from .device import resolve_device
 from .errors import UserError
 from .records import atomic_output
@@ -78,11 +78,12 @@ def overlay_image(image: Image.Image, classes: np.ndarray, num_classes: int) -> 
 
 
 def decode(path: str | Path) -> tuple[Image.Image | None, str]:
-    """(the image at `path` as RGB, "") or (None, why it cannot be read). As the loaders read images, plus the
-    TIFFs PIL cannot read (read with tifffile, as `prepare` does)."""
+    """(the image at `path` as RGB, "") or (None, why it cannot be read): read as the loaders read images
+    (files.read_image: every mode by one rule, what it would misread refused, TIFFs PIL cannot read by tifffile)."""
     try:
-        with open_image(Path(path)) as image:
-            return image.convert("RGB"), ""
+        return read_image(path), ""
+    except ImageRuleError as err:
+        return None, str(err)
     except DECODE_ERRORS as err:
         return None, f"unreadable image ({err})"
 

@@ -25,12 +25,11 @@ from PIL import Image
 from ..errors import UserError
 from ..labels import IGNORE_LABEL
 from .cards import DatasetCard
-from .files import IMAGE_SUFFIXES
+from .files import BINARY_THRESHOLD, IMAGE_SUFFIXES, WIDE_GRAY_MODES, foreground, open_image, read_image, wide_mask
 from .validate import Problem
 
 Pair = tuple[Path, Path]
 Splits = dict[str, list[Pair]]
-BINARY_THRESHOLD = 128
 MOSTLY_NODATA = 0.5  # Massachusetts Roads: tiles at least this white are listed in prepared.json
 
 # Trans10K-v1 (TransLab, Segment_Transparent_Objects/segmentron/data/dataloader/trans10k.py): RGB masks,
@@ -170,25 +169,6 @@ def guarded(fn: Callable[[Pair], object], ctx: Context, split: str) -> Callable[
     return safe
 
 
-def open_image(path: Path) -> Image.Image:
-    """An image file as PIL opens it, decoded (so a truncated file fails here); a TIFF PIL cannot read
-    (CVC-ClinicDB's declare PhotometricInterpretation 1, min-is-black, with 3 samples per pixel) is read with
-    tifffile instead."""
-    try:
-        image = Image.open(path)
-        image.load()
-        return image
-    except (OSError, ValueError) as err:
-        if path.suffix.lower() not in (".tif", ".tiff"):
-            raise
-        import tifffile  # installed with scikit-image
-
-        try:
-            return Image.fromarray(np.asarray(tifffile.imread(path)))
-        except Exception as tiff_err:  # noqa: BLE001 - tifffile's own errors: report PIL's and tifffile's
-            raise OSError(f"{err}; tifffile: {tiff_err}") from None
-
-
 def save(image: Image.Image, dst: Path) -> Path:
     """Written under a temporary name first: a file left by an interrupted prepare is never taken as complete."""
     tmp = dst.with_name(f".{dst.stem}.tmp{dst.suffix}")
@@ -198,18 +178,20 @@ def save(image: Image.Image, dst: Path) -> Path:
 
 
 def write_binary_mask(src: Path, dst: Path) -> Path:
-    """(H, W) 0/255 PNG from any mask, thresholded at 128 (JPEG masks carry compression noise around edges)."""
+    """(H, W) 0/255 PNG from any mask by files.foreground (0/1 masks as they are, others thresholded at 128: JPEG
+    masks carry compression noise around edges); 16-bit and float masks by their values (files.wide_mask), colour
+    masks by their luma."""
     if not dst.is_file():
         with open_image(src) as im:
-            mask = np.asarray(im.convert("L")) >= BINARY_THRESHOLD
+            mask = foreground(wide_mask(np.asarray(im)) if im.mode in WIDE_GRAY_MODES else np.asarray(im.convert("L")))
         save(Image.fromarray((mask * 255).astype(np.uint8)), dst)
     return dst
 
 
-def write_png(src: Path, dst: Path, mode: str) -> Path:
+def write_rgb_png(src: Path, dst: Path) -> Path:
+    """The image as the model sees it (files.read_image), as an 8-bit RGB PNG."""
     if not dst.is_file():
-        with open_image(src) as im:  # decoded: a truncated file fails here, not when it is written
-            save(im.convert(mode), dst)
+        save(read_image(src), dst)  # decoded: a truncated file fails here, not when it is written
     return dst
 
 
@@ -220,7 +202,7 @@ def binary_pairs(pairs: list[Pair], ctx: Context, layout_name: str, split: str, 
     def convert(pair: Pair) -> Pair:
         image, mask = pair
         if images_to_png:
-            image = write_png(image, ctx.converted(layout_name, split, "images", image.stem + ".png"), "RGB")
+            image = write_rgb_png(image, ctx.converted(layout_name, split, "images", image.stem + ".png"))
         if must_convert or ctx.binarize:
             mask = write_binary_mask(mask, ctx.converted(layout_name, split, "masks", mask.stem + ".png"))
         return image, mask

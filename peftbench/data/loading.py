@@ -18,7 +18,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from ..segmenter import normalise
 from .cards import DatasetCard
-from .files import read_label, read_manifest
+from .files import foreground, read_image, read_label, read_manifest
 from .synthetic import generate
 from .validate import drop_images
 
@@ -51,11 +51,11 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples[0]) if isinstance(self.samples, tuple) else len(self.samples)
 
-    def _raw(self, i: int) -> tuple[Image.Image, Image.Image]:
+    def _raw_image(self, i: int) -> Image.Image:
+        """The RGB image at its own size: generated, or read by files.read_image (the harness's one rule)."""
         if isinstance(self.samples, tuple):
-            return Image.fromarray(self.samples[0][i]), Image.fromarray(self.samples[1][i])
-        row = self.samples.iloc[i]
-        return Image.open(row["image"]).convert("RGB"), Image.fromarray(read_label(row["label"]))
+            return Image.fromarray(self.samples[0][i])
+        return read_image(self.samples.iloc[i]["image"])
 
     def original_label(self, i: int) -> np.ndarray:
         """(H, W) uint8 label as stored: 0/1 or 0/255 for binary tasks, class ids (255 = ignore) for multi-class."""
@@ -64,14 +64,15 @@ class SegmentationDataset(Dataset):
         return read_label(self.samples.iloc[i]["label"])
 
     def _prepared(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(3, S, S) uint8 image (bicubic) and (S, S) uint8 label (nearest; binary: 0/1), from the cache when there."""
+        """(3, S, S) uint8 image (bicubic) and (S, S) uint8 label (nearest; binary: 0/1 by files.foreground), from
+        the cache when there."""
         if i in self.cache:
             return self.cache[i]
-        image, label = self._raw(i)
-        image = np.asarray(image.resize((self.size, self.size), Image.BICUBIC))
-        label = np.asarray(label.resize((self.size, self.size), Image.NEAREST))
-        if self.kind == "binary":
-            label = label > (127 if label.max() > 1 else 0)
+        image = np.asarray(self._raw_image(i).resize((self.size, self.size), Image.BICUBIC))
+        label = self.original_label(i)
+        if self.kind == "binary":  # at the original resolution, as validation and the test metrics threshold it
+            label = foreground(label).astype(np.uint8)
+        label = np.asarray(Image.fromarray(label).resize((self.size, self.size), Image.NEAREST))
         pair = (torch.from_numpy(image.transpose(2, 0, 1).copy()), torch.from_numpy(label.astype(np.uint8)))
         if (len(self.cache) + 1) * 4 * self.size**2 <= self.cache_bytes:
             self.cache[i] = pair

@@ -4,6 +4,9 @@ What is checked, per pair:
 - the image opens and is complete. Fast mode (default) reads the header and checks that JPEG / PNG files end with
   their end marker (a truncated download or copy loses it), which costs two small reads; `full_decode=True` decodes
   every image, which also catches corrupt data in the middle of a file and truncated TIFFs (`prepare` does this).
+  Images that `files.read_image` does not read as stored (16-bit, float, alpha, CMYK) are decoded in either mode:
+  what its rule would read as something degenerate (near-black 12-bit data, floats outside [0, 1], one flat
+  colour) is a problem naming the file.
 - the label decodes (always fully: its values are needed) to the image's size;
 - the label values fit the task as the loader reads them (`files.read_label`: gray values, palette indices; masks
   in an alpha channel or in colour are refused): binary labels within {0, 255} or {0, 1}
@@ -26,7 +29,7 @@ from rich.console import Console
 from ..errors import UserError
 from ..labels import IGNORE_LABEL
 from .cards import DatasetCard
-from .files import read_label, read_manifest
+from .files import BINARY_THRESHOLD, ImageRuleError, foreground, read_image, read_label, read_manifest, reads_as_stored
 
 PNG_END = b"IEND\xaeB`\x82"
 JPEG_END = b"\xff\xd9"
@@ -60,13 +63,19 @@ def _ends_cleanly(path: str) -> bool:
 
 
 def _image_size(path: str, full_decode: bool) -> tuple[tuple[int, int] | None, str]:
-    """((width, height), "") or (None, reason)."""
+    """((width, height), "") or (None, reason). An image that `read_image` would not read as stored (16-bit, float,
+    alpha, CMYK...) or one only tifffile reads is decoded in any mode, so what the rule refuses is found here."""
     try:
         with Image.open(path) as im:
-            size = im.size
-            if full_decode:
-                im.load()
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
+            size, as_stored = im.size, reads_as_stored(im)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        size, as_stored = None, False  # perhaps a TIFF only tifffile reads: read_image tries it
+    try:
+        if full_decode or not as_stored:
+            size = read_image(path).size
+    except ImageRuleError as err:
+        return None, str(err)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         return None, f"unreadable image ({err})"
     if not full_decode and not _ends_cleanly(path):
         return None, "truncated image (no end marker)"
@@ -98,7 +107,8 @@ def _value_problem(values: np.ndarray, kind: str, num_classes: int, binarize: bo
 
 def _check_pair(image: str, label: str, split: str, kind: str, num_classes: int,
                 full_decode: bool, binarize: bool) -> tuple[Problem | None, bool]:
-    """(the pair's problem or None, whether its label has any foreground / non-background pixel)."""
+    """(the pair's problem or None, whether its label has any foreground (files.foreground: as the loader
+    thresholds it) / non-background pixel)."""
     image_size, reason = _image_size(image, full_decode)
     if reason:
         return Problem(split, image, label, reason), False
@@ -109,8 +119,8 @@ def _check_pair(image: str, label: str, split: str, kind: str, num_classes: int,
         return Problem(split, image, label, f"label size {label_size} != image size {image_size} (width, height)"), \
             False
     reason = _value_problem(values, kind, num_classes, binarize)
-    background = {0} if kind == "binary" else {0, IGNORE_LABEL}
-    return (Problem(split, image, label, reason) if reason else None), bool(set(values.tolist()) - background)
+    found = foreground(values).any() if kind == "binary" else bool(set(values.tolist()) - {0, IGNORE_LABEL})
+    return (Problem(split, image, label, reason) if reason else None), bool(found)
 
 
 def validate_pairs(frame: pd.DataFrame, kind: str, num_classes: int, split: str, full_decode: bool = False,
@@ -120,7 +130,7 @@ def validate_pairs(frame: pd.DataFrame, kind: str, num_classes: int, split: str,
 
     kind: "binary" or "multiclass"; num_classes: K for multi-class (ignored for binary). `foreground`, if given,
     gets one flag per good pair: whether its label has any foreground (binary) or non-background class.
-    `binarize`: binary masks may hold any values (the loader thresholds them at 128)."""
+    `binarize`: binary masks may hold any values (files.foreground thresholds them at 128)."""
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
         found = list(pool.map(lambda pair: _check_pair(*pair, split, kind, num_classes, full_decode, binarize),
@@ -143,20 +153,21 @@ def screen_card(card: DatasetCard, skip_bad: bool, console: Console) -> None:
     if card.source != "files":  # synthetic data, or prepared (prepare decoded and checked every pair)
         return
     splits = read_manifest(Path(card.path))
-    foreground: list[bool] = []
+    found: list[bool] = []
     with console.status(f"checking the image/label pairs of {card.name}"):
         problems = [p for split, frame in splits.items()
                     for p in validate_pairs(frame, card.kind, card.num_classes, split,
-                                            foreground=foreground if split == "train" else None,
+                                            foreground=found if split == "train" else None,
                                             binarize=card.binarize)]
     for problem in problems:
         console.print(str(problem), markup=False, highlight=False)
     if problems and not skip_bad:
         raise UserError(f"--datasets {card.name}: {len(problems)} bad image/label pairs (listed above); fix them or "
                         "pass --skip-bad to leave them out")
-    if not any(foreground):
+    if not any(found):
         what = "foreground pixel" if card.kind == "binary" else "pixel of a class other than 0 (background)"
-        raise UserError(f"--datasets {card.path}: none of the {len(foreground)} training masks has a {what}: nothing "
-                        "to learn; check the mask folder and its values")
+        rule = f" (as --binarize reads them: 1 in a 0/1 mask, else >= {BINARY_THRESHOLD})" if card.binarize else ""
+        raise UserError(f"--datasets {card.path}: none of the {len(found)} training masks has a {what}{rule}: "
+                        "nothing to learn; check the mask folder and its values")
     card.excluded = [{**p.as_dict(), "image": os.path.relpath(p.image, card.base_dir),
                       "label": os.path.relpath(p.label, card.base_dir)} for p in problems]
