@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import shlex
 import sys
 import time
@@ -12,6 +11,8 @@ from pathlib import Path
 from rich.console import Console
 
 from .errors import UserError
+from .names import safe_seeds
+from .records import WRITE_ERRORS
 
 SAM_NAMES = ["tiny", "tiny_random", "vit_b", "vit_l", "vit_h"]
 
@@ -42,13 +43,27 @@ def _nonnegative_float(flag: str, value: str) -> float:
 
 
 def _seeds(value: str) -> list[int]:
+    """--seeds: comma-separated non-negative integers, a repeated one counted once (names.safe_seeds)."""
     try:
         seeds = [int(s) for s in value.split(",") if s.strip()]
     except ValueError:
         raise UserError(f"--seeds {value!r}: expected comma-separated integers, e.g. 0,1,2") from None
     if not seeds:
         raise UserError("--seeds is empty; give comma-separated integers, e.g. 0,1,2")
-    return seeds
+    return safe_seeds(seeds, f"--seeds {value!r}")
+
+
+# Commands whose --out is a folder (pretrain-tiny's is a file): checked before the command does anything.
+FOLDER_OUT = ("run", "report", "tables", "export", "predict", "bench")
+
+
+def _check_out(value: str) -> None:
+    """--out names a folder, or one to create: an error where it, or a folder it would be made in, is a file."""
+    path = Path(value)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        where = "" if existing == path else f" {existing}"
+        raise UserError(f"--out {value}:{where} is a file, not a folder")
 
 
 EXECUTOR_DEFAULTS = {"ray_address": None, "ray_cpus_per_run": "1", "slurm_partition": None, "slurm_time": "24:00:00",
@@ -217,6 +232,7 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     from .runner import GridOptions, run_grid
     from .sam import load_sam
 
+    seeds = _seeds(args.seeds)  # before the datasets are screened (which decodes every file)
     methods = resolve_methods(args.methods)
     data_root = Path(args.data_root) if args.data_root else None
     if args.datasets is None:
@@ -233,7 +249,7 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     dataset_args = {card.name: arg for card, arg in zip(cards, names)}
     cpu = _cpu_policy(args)
     opts = GridOptions(
-        sam=args.sam, checkpoint=args.checkpoint, device=args.device, out=Path(args.out), seeds=_seeds(args.seeds),
+        sam=args.sam, checkpoint=args.checkpoint, device=args.device, out=Path(args.out), seeds=seeds,
         checkpoint_interval_s=_nonnegative_float("--checkpoint-interval", args.checkpoint_interval),
         inference=args.inference, eval_resolution=args.eval_resolution, precision=args.precision,
         attention=args.attention, checkpointing=args.checkpointing, cache_embeddings=not args.no_embedding_cache,
@@ -328,7 +344,7 @@ def _cmd_params(args: argparse.Namespace, console: Console) -> int:
 def _cmd_export(args: argparse.Namespace, console: Console) -> int:
     from .export import export_run
 
-    for path in export_run(args.record, args.format, Path(args.out), args.checkpoint):
+    for path in export_run(args.record, args.format, Path(args.out), args.checkpoint, args.trust_plugin):
         console.print(str(path), markup=False, highlight=False)
     return 0
 
@@ -338,20 +354,18 @@ def _cmd_predict(args: argparse.Namespace, console: Console) -> int:
 
     done = predict(args.record, args.images, Path(args.out), device=args.device,
                    batch_size=_positive_int("--batch-size", args.batch_size), overlay=args.overlay,
-                   skip_bad=args.skip_bad, console=console)
+                   skip_bad=args.skip_bad, console=console, trust_plugins=args.trust_plugin)
     console.print(f"{len(done['written'])} files written to {args.out}" +
                   (f"; {len(done['skipped'])} unreadable images skipped" if done["skipped"] else ""), markup=False)
     return 0
 
 
 def _cmd_tables(args: argparse.Namespace, console: Console) -> int:
-    from .records import unusable_records
     from .report import build_report
 
-    for path, why in unusable_records(Path(args.out)).items():  # named, never silently left out
-        print(f"peftbench: warning: {path}: {why}; left out of the tables (its seed shows as missing)", file=sys.stderr)
     written = build_report(
-        Path(args.out), reference=args.reference, warn=lambda text: print(f"peftbench: warning: {text}", file=sys.stderr))
+        Path(args.out), reference=args.reference, warn=lambda text: print(f"peftbench: warning: {text}", file=sys.stderr),
+        trust_plugins=args.trust_plugin, dataset_roots=args.data_root)
     if not written:
         raise UserError(f"--out {args.out}: no run records under {Path(args.out) / 'runs'}; run `peftbench run` first")
     for path in written:
@@ -399,6 +413,12 @@ def _cmd_pretrain_tiny(args: argparse.Namespace, console: Console) -> int:
     console.print(f"validation IoU {summary['val_iou']:.1f} (random init {summary['val_iou_random_init']:.1f}) "
                   f"after {summary['wall_s'] / 60:.1f} min -> {args.out}, {meta}")
     return 0
+
+
+def _add_trust_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-plugin", action="append", default=[], metavar="MODULE",
+                   help="import this plug-in method module when a record names it (repeatable; a results folder "
+                        "never makes peftbench import code on its own: docs/security.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -460,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=["state", "peft", "sam"])
     p.add_argument("--out", required=True, help="folder to write into")
     p.add_argument("--checkpoint", default=None, help="the run's SAM checkpoint, if it is no longer where it was")
+    _add_trust_arg(p)
     p = sub.add_parser("predict", help="masks of a trained run on new images, one PNG per image at its own size")
     p.add_argument("record", help="the run's record, <out>/runs/<dataset>/<method>/seed<k>.json")
     p.add_argument("--images", required=True, nargs="+", help="image files and/or folders of images")
@@ -468,15 +489,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", default="8", help="images per forward pass (default 8)")
     p.add_argument("--overlay", action="store_true", help="also <name>_overlay.png: the image with the mask in colour")
     p.add_argument("--skip-bad", action="store_true", help="skip (and list) unreadable images instead of stopping")
+    _add_trust_arg(p)
     for name in ("report", "tables"):
         p = sub.add_parser(name, help="rebuild every table, figure and results/report.html from the run records")
         p.add_argument("--out", default="results")
         p.add_argument("--reference", action="store_true",
                        help="add the paper's published numbers beside ours where a column matches")
+        _add_trust_arg(p)
+        p.add_argument("--data-root", action="append", default=[], metavar="FOLDER",
+                       help="a folder besides the data root whose datasets' images the predictions figure may show "
+                            "(repeatable)")
     return parser
 
-
-WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 COMMANDS = {"run": _cmd_run, "prepare": _cmd_prepare, "methods": _cmd_methods, "datasets": _cmd_datasets,
             "params": _cmd_params, "tables": _cmd_tables, "report": _cmd_tables, "bench": _cmd_bench,
@@ -488,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv  # for the retry command of failed runs
     console = Console(stderr=False)
     try:
+        if args.command in FOLDER_OUT:
+            _check_out(args.out)
         return COMMANDS[args.command](args, console)
     except UserError as err:
         print(f"peftbench: error: {err}", file=sys.stderr)

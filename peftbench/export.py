@@ -10,10 +10,15 @@
   `segment_anything.sam_model_registry[arch](checkpoint=...)` loads strictly: the run's SAM checkpoint with the
   merged encoder and the trained decoder written in, and README.md on how the segmenter uses it (mask token 0 and
   hypernetwork 0, no prompts; see DECODER_NOTE).
+
+Every file is written atomically (peft's in a temporary folder beside them, then renamed in, its config last) with
+the permissions any program's file gets: a failed or killed export leaves whole files only, and a full disk is an
+OSError naming the file or the export folder.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -25,8 +30,8 @@ from .errors import UserError
 from .methods.dora import DoRA, DoRALinear
 from .methods.lora import LoRA, LoRALinear
 from .methods.vera import VeRA, VeRALinear
-from .records import atomic_output, write_json_atomic, write_text_atomic
-from .runs import base_sam, load_run, method_of, read_run, trained_state_file
+from .records import atomic_output, file_mode, locked_temporary, write_json_atomic, write_text_atomic, writing
+from .runs import Trust, base_sam, check_plugin, load_run, method_of, read_run, trained_state_file
 from .sam import OFFICIAL_CHECKPOINTS
 
 FORMATS = ("state", "peft", "sam")
@@ -54,10 +59,12 @@ def supported_formats(record: dict) -> list[str]:
     return formats
 
 
-def export_run(record_file: str | Path, fmt: str, out: Path, checkpoint: str | Path | None = None) -> list[Path]:
+def export_run(record_file: str | Path, fmt: str, out: Path, checkpoint: str | Path | None = None,
+               trust_plugins: Trust = ()) -> list[Path]:
     """Write run `record_file` in format `fmt` into the folder `out`; returns the files written. `checkpoint`: where
-    the run's SAM checkpoint is now, if it moved."""
+    the run's SAM checkpoint is now, if it moved. `trust_plugins`: see runs.check_plugin."""
     record = read_run(record_file)
+    check_plugin(record["config"]["method"]["family"], str(record_file), trust_plugins)  # once trusted, imported
     supported = supported_formats(record)
     if fmt not in supported:
         raise UserError(f"--format {fmt}: {record['method']} ({record['config']['method']['family']}, "
@@ -140,8 +147,30 @@ def _peft(record_file: Path, record: dict, out: Path, checkpoint) -> list[Path]:
         for name in modules_to_save:
             peft_model.base_model.model.get_submodule(name).modules_to_save["default"].load_state_dict(
                 trained.get_submodule(name).state_dict())
-    peft_model.save_pretrained(str(out))
+    with writing(out), locked_temporary(out, "peft", directory=True) as (_, staging):
+        peft_model.save_pretrained(str(staging))
+        (out / PEFT_FILES[-1]).unlink(missing_ok=True)  # an older export's: never loadable with half of the new one
+        for name in PEFT_FILES:
+            if (staging / name).exists():
+                _move_in(staging / name, out / name)
     return [out / "adapter_config.json", out / "adapter_model.safetensors"]
+
+
+# What peft's save_pretrained writes, in the order the files move into the export folder: the config, which peft
+# reads first, last, so that an interrupted export holds no loadable adapter.
+PEFT_FILES = ("adapter_model.safetensors", "README.md", "adapter_config.json")
+
+
+def _move_in(source: Path, target: Path) -> None:
+    """`source`, written in a temporary folder beside `target`, renamed over it (atomic), fsynced and with the
+    permissions any program's file gets (peft's safetensors are 0600)."""
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        os.fchmod(fd, file_mode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(source, target)
 
 
 # --- segment-anything -------------------------------------------------------------------------------------------

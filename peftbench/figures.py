@@ -4,6 +4,7 @@ numbers as CSV) and predicted test masks per method (PNG), under <out>/figures."
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import matplotlib
@@ -19,9 +20,11 @@ from PIL import Image
 from .data import DatasetCard, build_splits
 from .device import resolve_device
 from .errors import UserError
+from .paths import DATA_ROOT
 from .predict import class_colours, decode, predict_masks
 from .records import atomic_output, record_path, write_csv_atomic
-from .runs import load_run
+from .runs import Trust, load_run
+from .schema import record_problem
 
 PREDICTION_IMAGES = 3  # test images per dataset in the predicted-masks figure
 
@@ -135,7 +138,8 @@ def shown_runs(records: list[dict]) -> dict[str, dict[str, dict]]:
     shown: dict[str, dict[str, dict]] = {}
     cheap = torch.cuda.is_available()
     for r in sorted(records, key=lambda r: r["seed"]):
-        if r.get("adapter") and "config" in r and (cheap or r["config"]["sam"] in ("tiny", "tiny_random")):
+        loadable = r.get("adapter") and not record_problem(r, loadable=True)
+        if loadable and (cheap or r["config"]["sam"] in ("tiny", "tiny_random")):
             shown.setdefault(r["dataset"], {}).setdefault(r["method"], r)
     return shown
 
@@ -163,14 +167,31 @@ def _classes(label: np.ndarray, kind: str) -> np.ndarray:
     return (label > (127 if label.max() > 1 else 0)).astype(np.uint8) if kind == "binary" else label
 
 
-def predictions_figure(runs: dict[str, dict], out: Path, dataset: str, stem: Path) -> list[Path]:
+def images_allowed(card: DatasetCard, roots: Collection[str | Path]) -> bool:
+    """Whether a record's dataset may be read for a figure: generated, or its files inside one of `roots` (the
+    data root, the datasets this invocation named), so that a planted record cannot make a report show, and so
+    share, images from anywhere on this machine."""
+    if card.source == "synthetic":
+        return True
+    folder = Path(card.path).resolve()
+    return any(folder.is_relative_to(Path(root).resolve()) for root in [DATA_ROOT, *roots])
+
+
+def predictions_figure(runs: dict[str, dict], out: Path, dataset: str, stem: Path,
+                       warn: Callable[[str], None] = print, trust_plugins: Trust = (),
+                       dataset_roots: Collection[str | Path] = ()) -> list[Path]:
     """Rows: the first test images; columns: image, label, each run's predicted mask (see predict.predict_masks),
     classes coloured as in `peftbench predict --overlay`. Each run's model is loaded once per dataset (on vit_*:
     its SAM checkpoint read and sha256-checked each time, seconds per run). Nothing when the test images are not
-    on this machine; a run whose model cannot be loaded here (its SAM checkpoint moved) is left out."""
+    on this machine or outside the allowed roots (images_allowed); a run whose model cannot be loaded here (its SAM
+    checkpoint moved, its kept state damaged, a plug-in not trusted) is left out, and `warn` says why."""
     try:
         card = DatasetCard(**next(iter(runs.values()))["config"]["dataset"])
     except TypeError:  # a card field this version of peftbench does not know
+        return []
+    if not images_allowed(card, dataset_roots):
+        warn(f"{stem.name}: not drawn: the images of {dataset} are at {card.path}, outside the data root "
+             f"{DATA_ROOT}; peftbench report --data-root {card.path} shows them")
         return []
     try:
         split, samples = first_test_samples(card, PREDICTION_IMAGES)
@@ -180,8 +201,9 @@ def predictions_figure(runs: dict[str, dict], out: Path, dataset: str, stem: Pat
     for method, record in runs.items():
         try:
             model = load_run(record_path(out, dataset, record["config"]["method"]["name"], record["seed"]),
-                             device=device)
-        except UserError:
+                             device=device, trust_plugins=trust_plugins)
+        except UserError as err:
+            warn(f"{stem.name}: {method} left out: {err}")
             continue
         masks[method] = predict_masks(model, [image for image, _ in samples], device)
     if not masks:
@@ -202,9 +224,10 @@ def predictions_figure(runs: dict[str, dict], out: Path, dataset: str, stem: Pat
     return _save(fig, stem, (".png",))
 
 
-def write_figures(records: list[dict], out: Path) -> list[Path]:
+def write_figures(records: list[dict], out: Path, warn: Callable[[str], None] = print, trust_plugins: Trust = (),
+                  dataset_roots: Collection[str | Path] = ()) -> list[Path]:
     """Render every figure of `records` (the records under `out`/runs, see load_records) into `out`/figures.
-    Returns the files written."""
+    Returns the files written. `warn`, `trust_plugins`, `dataset_roots`: see predictions_figure."""
     figures = Path(out) / "figures"
     written = []
     curves = curves_frame(records)
@@ -222,5 +245,6 @@ def write_figures(records: list[dict], out: Path) -> list[Path]:
         for dataset in operations["dataset"].unique():
             written += operations_figure(operations, dataset, figures / f"operations_{dataset}")
     for dataset, runs in shown_runs(records).items():
-        written += predictions_figure(runs, out, dataset, figures / f"predictions_{dataset}")
+        written += predictions_figure(runs, out, dataset, figures / f"predictions_{dataset}", warn, trust_plugins,
+                                      dataset_roots)
     return written

@@ -25,7 +25,7 @@ from .data.layouts import image_files
 from .device import resolve_device
 from .errors import UserError
 from .records import atomic_output
-from .runs import load_run, read_run
+from .runs import Trust, load_run, read_run
 from .segmenter import SamSegmenter, at_size, normalise
 
 OVERLAY_ALPHA = 0.5  # weight of the class colour where an overlay marks a class
@@ -161,13 +161,14 @@ def write_batch(model: SamSegmenter, paths: list[Path], out: Path, with_overlay:
 
 def predict(record_file: str | Path, images: Sequence[str | Path], out: Path, device: str = "auto",
             batch_size: int = 8, overlay: bool = False, skip_bad: bool = False,
-            console: Console | None = None) -> dict:
+            console: Console | None = None, trust_plugins: Trust = ()) -> dict:
     """Masks of the run at `record_file` (its tested model, see runs.load_run) for `images` (files and/or folders),
     written to `out` as <stem>.png at each image's own size (binary 0/255, multi-class class ids), with `overlay`
     also <stem>_overlay.png (the image with each class in colour). `batch_size` images per forward pass.
 
     Every image is decoded first, before the model loads: an unreadable one is a one-line UserError naming it, or
-    with `skip_bad` is skipped, printed and listed. Returns {"written": [paths], "skipped": [(path, reason)]}.
+    with `skip_bad` is skipped, printed and listed. `trust_plugins`: see runs.check_plugin.
+    Returns {"written": [paths], "skipped": [(path, reason)]}.
     """
     console = console or Console()
     if batch_size < 1:
@@ -186,7 +187,7 @@ def predict(record_file: str | Path, images: Sequence[str | Path], out: Path, de
         console.print(f"skipped {path}: {why}", markup=False, highlight=False)
     skipped = {p for p, _ in bad}
     paths = [p for p in paths if p not in skipped]
-    model = load_run(record_file, device=target)
+    model = load_run(record_file, device=target, trust_plugins=trust_plugins)
     written: list[Path] = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console) as progress:

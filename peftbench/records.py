@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import platform
+import re
+import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import IO
 
 from .paths import ROOT
+from .schema import record_problem
 
 PACKAGES = ["torch", "torchvision", "segment-anything", "timm", "numpy", "pandas", "scikit-image", "pillow", "peftbench"]
 
@@ -85,36 +91,146 @@ def environment() -> dict:
             "git": git_commit()}
 
 
+# What a write fails with when the disk or the folder will not take it (a full disk, a quota, a read-only or forbidden
+# folder): the CLI reports it in one line, naming the file.
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+# atomic_output's temporaries, as tempfile names them: ".<target name>.<8 random characters>.tmp" beside the target.
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+# A temporary is a killed writer's only when no process holds its lock and it was not touched for this long; the
+# delay covers the instant between creating a temporary and locking it, and file systems without locks.
+TEMPORARY_GRACE_S = 60.0
+_LIVE: set[str] = set()  # this process's temporaries being written (on NFS its threads do not exclude each other)
+_SWEPT: set[str] = set()  # folders this process has cleared of leftovers already
+
+
 @contextmanager
 def atomic_output(path: Path, mode: str = "w") -> Iterator[IO]:
     """A file object to write `path` through: a temporary file in the same folder, fsynced and renamed over `path`
     when the block ends, so readers see the old file or the new one, never half of one. On any error (a full disk,
     a read-only folder, an interrupt) the temporary file is removed, `path` is left as it was, and an OSError names
-    `path`. The file gets the permissions any program's would (0666 less the umask; mkstemp's are 0600)."""
+    `path` (also where a library wraps the disk's error in its own, as torch.save does). The file gets the
+    permissions any program's would (0666 less the umask; mkstemp's are 0600). A killed writer's temporaries in
+    the folder are removed by the next write there (see remove_stale_temporaries)."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise OSError(err.errno, err.strerror, str(path)) from None
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, mode) as f:
+    with writing(path), locked_temporary(path.parent, path.name) as (fd, tmp):
+        os.fchmod(fd, file_mode())
+        with os.fdopen(fd, mode, closefd=False) as f:  # the fd, and its lock, outlive the rename
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            os.fsync(fd)
         os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise OSError(err.errno, err.strerror, str(path)) from None
-        raise
 
 
-def _umask() -> int:
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """The block's errors as write errors naming `path` (see write_error); any other error as it is."""
+    try:
+        yield
+    except Exception as err:
+        error = write_error(err, path)
+        if error is None:
+            raise
+        raise error from None
+
+
+@contextmanager
+def locked_temporary(folder: Path, name: str, directory: bool = False) -> Iterator[tuple[int, Path]]:
+    """(an open fd, the path) of a new temporary file, or folder with `directory`, ".<name>.<random>.tmp" in
+    `folder`, under an exclusive lock while the block runs, so that no process's remove_stale_temporaries takes
+    it; whatever of it is left when the block ends (the block did not move it away) is removed. Before the first
+    one in a folder, this process removes that folder's stale temporaries."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if str(folder) not in _SWEPT:
+        remove_stale_temporaries(folder)
+        _SWEPT.add(str(folder))
+    if directory:
+        tmp = tempfile.mkdtemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+        fd = os.open(tmp, os.O_RDONLY)
+    else:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    _LIVE.add(tmp)
+    try:
+        _lock(fd)
+        yield fd, Path(tmp)
+    finally:
+        if directory:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            Path(tmp).unlink(missing_ok=True)
+        _LIVE.discard(tmp)
+        os.close(fd)
+
+
+def _lock(fd: int) -> None:
+    """An exclusive lock on `fd`, held until it is closed (the kernel releases it if this process dies). A file
+    system without locks refuses remove_stale_temporaries' lock too, so its temporaries are never removed."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        pass
+
+
+def remove_stale_temporaries(folder: Path, recursive: bool = False) -> list[Path]:
+    """Remove the temporaries that killed writers left in `folder` (and below it, with `recursive`): only files and
+    folders named exactly as locked_temporary names them, that no live process holds the lock of (its writer is
+    gone: the kernel released it) and untouched for TEMPORARY_GRACE_S. Best effort: whatever cannot be checked
+    or removed is left. Returns what was removed."""
+    folder = Path(folder)
+    found = folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")
+    try:
+        candidates = [p for p in found if _TEMPORARY.fullmatch(p.name) and str(p) not in _LIVE]
+    except OSError:
+        return []
+    return [path for path in candidates if _remove_if_abandoned(path)]
+
+
+def _remove_if_abandoned(path: Path) -> bool:
+    """Remove the temporary `path` if its writer is gone (see remove_stale_temporaries); True if it did."""
+    try:
+        is_dir = path.is_dir() and not path.is_symlink()
+        fd = os.open(path, (os.O_RDONLY if is_dir else os.O_RDWR) | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:  # gone meanwhile, a link, not ours to open
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while its writer holds it, or without locks
+        if time.time() - os.fstat(fd).st_mtime < TEMPORARY_GRACE_S:
+            return False
+        if is_dir:
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def write_error(err: Exception, path: Path) -> OSError | None:
+    """The OSError naming `path` to raise for `err`, an error writing it; None where `err` is no write error (raise
+    it as it is). An OSError is renamed; another exception stands for the disk's error where it wraps one of
+    WRITE_ERRORS: torch.save's RuntimeError ("unexpected pos ...") holds it as its context, a Rust writer's
+    (safetensors) message ends in "(os error 28)"."""
+    if isinstance(err, OSError):
+        return OSError(err.errno, err.strerror, str(path))
+    cause, seen = err.__cause__ or err.__context__, 0
+    while cause is not None and seen < 8:  # the chain of exceptions it was raised during or from
+        if isinstance(cause, OSError) and cause.errno in WRITE_ERRORS:
+            return OSError(cause.errno, cause.strerror, str(path))
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+    found = re.search(r"\(os error (\d+)\)", str(err))
+    if found and int(found.group(1)) in WRITE_ERRORS:
+        return OSError(int(found.group(1)), os.strerror(int(found.group(1))), str(path))
+    return None
+
+
+def file_mode() -> int:
+    """The permissions any program's new file gets: 0666 less the umask."""
     mask = os.umask(0o022)  # reading the umask means setting it: set it straight back
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -133,9 +249,10 @@ def write_json_atomic(path: Path, data: dict) -> None:
         json.dump(data, f, indent=2, sort_keys=True, default=str)
 
 
-def load_record(path: Path) -> tuple[dict | None, str | None]:
+def load_record(path: Path, loadable: bool = False) -> tuple[dict | None, str | None]:
     """(the record at `path` or None, why the file there is not a usable record or None). No file: (None, None);
-    records are written atomically, so a crash never leaves half of one."""
+    records are written atomically, so a crash never leaves half of one. A record with a missing or mistyped field
+    (schema.record_problem; with `loadable`, also what load_run needs) is not usable: the reason names the field."""
     try:
         record = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -144,21 +261,15 @@ def load_record(path: Path) -> tuple[dict | None, str | None]:
         return None, f"unreadable ({err.strerror})"
     except ValueError as err:
         return None, f"not valid JSON ({err})"
-    return (record, None) if _is_record(record) else (None, "not a run record (no method, dataset, seed or metrics)")
+    if not (isinstance(record, dict) and {"method", "dataset", "seed", "metrics"} <= record.keys()):
+        return None, "not a run record (no method, dataset, seed or metrics)"
+    why = record_problem(record, loadable)
+    return (None, f"not a usable run record ({why})") if why else (record, None)
 
 
 def read_record(path: Path) -> dict | None:
     """The record at `path`, or None if there is none or it is unusable (see load_record)."""
     return load_record(path)[0]
-
-
-def record_problem(path: Path) -> str | None:
-    """Why the file at `path` is not a usable record; None if it is one or there is none (see load_record)."""
-    return load_record(path)[1]
-
-
-def _is_record(data) -> bool:
-    return isinstance(data, dict) and {"method", "dataset", "seed", "metrics"} <= data.keys()
 
 
 def is_complete(path: Path, config: dict) -> bool:
@@ -170,17 +281,19 @@ def record_paths(out: Path) -> list[Path]:
     return sorted((Path(out) / "runs").glob("*/*/seed*.json"))
 
 
-def unusable_records(out: Path) -> dict[Path, str]:
-    """Record files under `out`/runs that cannot be used, with the reason (see record_problem)."""
-    return {p: why for p in record_paths(out) if (why := record_problem(p))}
-
-
-def load_records(out: Path) -> list[dict]:
-    """Every usable record under `out`/runs, each with its `method_info` (a schema-1 record's migrated). Where
+def load_records(out: Path, warn: Callable[[str], None] | None = None) -> list[dict]:
+    """Every usable record under `out`/runs, each with its `method_info` (a schema-1 record's migrated); each file
+    that is not one is left out, and `warn` is told its path and why (the field at fault). Where
     records of one (dataset, method) were made with different configs (e.g. some retrained with --replace --epochs 1),
     each is labelled with its differing settings, "lora [epochs=1]", so that no table cell averages two experiments;
     its method_info stays the method's, so reports read what a row is from there, never from its label."""
-    records = [_with_method_info(r) for p in record_paths(out) if (r := read_record(p)) is not None]
+    records = []
+    for path in record_paths(out):
+        record, why = load_record(path)
+        if why and warn:
+            warn(f"{path}: {why}; left out of the tables (its seed shows as missing)")
+        if record is not None:
+            records.append(_with_method_info(record))
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         groups.setdefault((r["dataset"], r["method"]), []).append(r)

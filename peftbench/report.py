@@ -38,7 +38,7 @@ from __future__ import annotations
 import base64
 import html
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +47,7 @@ import pandas as pd
 
 from .figures import write_figures
 from .records import SEARCH_MARK, SEARCH_NOTE, load_records, set_label, unsearched, write_csv_atomic, write_text_atomic
+from .runs import Trust
 from .stats import LOWER_IS_BETTER, paired_bootstrap_p, paired_t_p
 
 REFERENCE_FILE = Path(__file__).parent / "reference" / "paper_results.csv"
@@ -128,14 +129,17 @@ def baselines(method: str, infos: dict[str, dict]) -> list[str]:
 
 def _mean_std(df: pd.DataFrame, keys: list[str], decimals: int | None) -> tuple[pd.DataFrame, pd.Series]:
     """Aggregated (mean, std with ddof=1, n) and the 'mean ± std' strings: `decimals` fixed decimals, or None for
-    three significant digits (timings span orders of magnitude between a CPU and a GPU)."""
+    three significant digits (timings span orders of magnitude between a CPU and a GPU). A cell over fewer seeds
+    than the frame holds is marked "(n=k)": two cells over different seed sets are never shown as alike."""
     stats = df.groupby(keys, sort=False)["value"].agg(["mean", "std", "count"]).reset_index()
+    seeds = df["seed"].nunique()
 
     def cell(s: pd.Series) -> str:
         mean = f"{s['mean']:.3g}" if decimals is None else f"{s['mean']:.{decimals}f}"
+        fewer = f" (n={s['count']})" if s["count"] < seeds else ""
         if pd.isna(s["std"]):  # one seed: the spread is undefined, not 0
             return f"{mean} (n=1)"
-        return f"{mean} ± {s['std']:.2g}" if decimals is None else f"{mean} ± {s['std']:.{decimals}f}"
+        return (f"{mean} ± {s['std']:.2g}" if decimals is None else f"{mean} ± {s['std']:.{decimals}f}") + fewer
 
     return stats, stats.apply(cell, axis=1)
 
@@ -275,8 +279,14 @@ def _cell(s: pd.Series | None, latex: bool, unsearched: tuple[int, int] | None =
     return text
 
 
+LATEX_SPECIALS = {**{c: "\\" + c for c in "&%$#_{}"}, "\\": r"\textbackslash{}", "~": r"\textasciitilde{}",
+                  "^": r"\textasciicircum{}"}
+
+
 def _latex_escape(text: str) -> str:
-    return "".join("\\" + c if c in "&%$#_{}" else c for c in text)
+    """`text` as LaTeX prints it literally: each of LaTeX's ten special characters escaped (a method or dataset
+    name from someone's record can never inject a command)."""
+    return "".join(LATEX_SPECIALS.get(c, c) for c in text)
 
 
 def render(table: Table, stats: pd.DataFrame, reference: pd.DataFrame | None, params: dict[str, str],
@@ -324,7 +334,7 @@ def render(table: Table, stats: pd.DataFrame, reference: pd.DataFrame | None, pa
         tex += [r"\midrule", rf"\multicolumn{{{ncol}}}{{l}}{{\textit{{Published (paper)}}}} \\"]
         for name, cells in ref_rows:
             md.append("| " + " | ".join([name, "", *cells]) + " |")
-            tex.append(" & ".join([_latex_escape(name), "", *cells]) + r" \\")
+            tex.append(" & ".join([_latex_escape(name), "", *map(_latex_escape, cells)]) + r" \\")
     footnote = ("Mean ± std (ddof=1) over seeds; bold best, " + "italic" + " second best per column "
                 "(BER, MAE, mBER, min/epoch, memory: lower is better). § best beats second by a one-sided paired t-test "
                 "over seeds, "
@@ -584,11 +594,15 @@ def write_html(out: Path, tables: list[tuple[str, str]], figures: list[Path]) ->
     return path
 
 
-def build_report(out: Path, reference: bool = False, warn: Callable[[str], None] = print) -> list[Path]:
+def build_report(out: Path, reference: bool = False, warn: Callable[[str], None] = print,
+                 trust_plugins: Trust = (), dataset_roots: Collection[str | Path] = ()) -> list[Path]:
     """Rebuild every table (tables/metrics and tables/timing included), figure and the HTML page from the records
-    under `out`/runs, reading them once. Returns the files. `warn`: how to say that `reference` found no published
-    number to put beside these results."""
-    records = load_records(out)
+    under `out`/runs, reading them once. Returns the files. `warn`: how to say which record files are left out
+    (not usable records, see records.load_records), which runs the figures cannot show, and that `reference` found
+    no published number to put beside these results. `trust_plugins`: the plug-in modules the predictions figure
+    may import to load a run's model (runs.check_plugin); `dataset_roots`: folders besides the data root whose
+    images it may show (figures.images_allowed)."""
+    records = load_records(out, warn)
     if not records:
         return []
     df, images = long_frame(records), per_image(records)
@@ -618,5 +632,5 @@ def build_report(out: Path, reference: bool = False, warn: Callable[[str], None]
     if reference and not reference_rows:
         warn("--reference: none of these results has a counterpart in the paper's tables (its datasets and "
              "methods), so no published number is shown")
-    figures = write_figures(records, out)
+    figures = write_figures(records, out, warn, trust_plugins, dataset_roots)
     return written + miniature + figures + [write_html(out, rendered, figures)]

@@ -21,7 +21,16 @@ from .errors import UserError
 from .executors import Executor, LocalExecutor, RunTask
 from .hashing import cached_file_sha256
 from .methods import MethodSpec
-from .records import config_differences, config_hash, environment, is_complete, load_record, record_path
+from .names import safe_name, safe_seeds
+from .records import (
+    config_differences,
+    config_hash,
+    environment,
+    is_complete,
+    load_record,
+    record_path,
+    remove_stale_temporaries,
+)
 from .report import build_report
 from .runs import adapter_path
 from .sam import spec_dict
@@ -160,11 +169,28 @@ def keep_records_true(tasks: list[RunTask], opts: GridOptions) -> None:
                 os.replace(old, target)
 
 
+# The folders under --out that a grid writes its files in (see executors.py), each file atomically.
+OUTPUT_FOLDERS = ("runs", "adapters", "checkpoints", "failed", "tables", "figures")
+
+
+def checked_options(methods: list[MethodSpec], cards: list[DatasetCard], opts: GridOptions) -> GridOptions:
+    """Before the first run: what names a run's files checked (cards and methods made in code, not read from a
+    file, included), `opts` with its seeds non-negative integers without repeats."""
+    for card in cards:
+        safe_name(card.name, "a dataset card's name")
+    for method in methods:
+        safe_name(method.name, "a method's name")
+    return replace(opts, seeds=safe_seeds(opts.seeds, "seeds"))
+
+
 def run_grid(methods: list[MethodSpec], cards: list[DatasetCard], opts: GridOptions, console: Console,
              executor: Executor | None = None) -> dict:
     """Plan the grid, skip recorded runs, hand the others to `executor` (default: local, sequential, one process
     per run), then render the tables. Returns counts per status, the failed and interrupted runs' statuses and the
     tables."""
+    opts = checked_options(methods, cards, opts)
+    for folder in OUTPUT_FOLDERS:  # a killed earlier grid's temporaries, wherever this grid may not write again
+        remove_stale_temporaries(Path(opts.out) / folder, recursive=True)
     executor = executor or LocalExecutor()
     tracker = None
     if opts.tracker:  # an optional dependency: imported only when asked for; unusable: an error before any training
@@ -185,7 +211,10 @@ def run_grid(methods: list[MethodSpec], cards: list[DatasetCard], opts: GridOpti
                "claimed": counts["claimed"], "failed": counts["failed"], "interrupted": counts["interrupted"],
                "failed_runs": [r for r in monitor.results if r["status"] == "failed"],
                "interrupted_runs": [r for r in monitor.results if r["status"] == "interrupted"]}
-    summary["tables"] = build_report(opts.out)
+    # Someone else's unusable record in the folder is named and left out; it never fails the grid's end.
+    summary["tables"] = build_report(opts.out, warn=lambda text: console.print(
+        f"warning: {text}", style="yellow", markup=False, highlight=False, soft_wrap=True),
+        dataset_roots=[card.base_dir for card in cards if card.path])
     if tracker:
         from .trackers import log_grid_artifacts
 

@@ -10,6 +10,8 @@ trained state, merged if the run tested the merged model.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Collection
 from pathlib import Path
 
 import safetensors.torch
@@ -18,7 +20,7 @@ import torch
 from .errors import UserError
 from .hashing import bytes_sha256, cached_file_sha256, file_sha256
 from .methods import MethodSpec
-from .methods.registry import family_class
+from .methods.registry import FAMILIES, family_class
 from .records import atomic_output, load_record
 from .sam import load_sam, random_sam
 from .segmenter import SamSegmenter
@@ -48,13 +50,11 @@ def results_folder(record_file: Path) -> Path:
 def read_run(record_file: str | Path) -> dict:
     """The record at `record_file`, or a one-line UserError naming it."""
     path = Path(record_file)
-    record, problem = load_record(path)
+    record, problem = load_record(path, loadable=True)
     if problem:
         raise UserError(f"{path}: {problem}")
     if record is None:
         raise UserError(f"{path}: no such run record")
-    if "config" not in record:
-        raise UserError(f"{path}: a record without its config cannot be loaded back")
     return record
 
 
@@ -65,7 +65,10 @@ def trained_state_file(record_file: str | Path, record: dict | None = None) -> P
     if not saved:
         raise UserError(f"{record_file}: the run kept no trained state (made with --no-save-adapters or before "
                         "peftbench kept them); retrain it to load it")
-    path = results_folder(record_file) / saved["file"]
+    folder = results_folder(record_file)
+    path = folder / saved["file"]  # the layout's own file (schema: adapter.file), unless a link leads elsewhere
+    if path.resolve() != folder.resolve() / saved["file"]:
+        raise UserError(f"{path}: a link out of the results folder {folder}; peftbench reads no trained state there")
     if not path.is_file():
         raise UserError(f"{path}: the trained state of {record_file} is missing")
     if file_sha256(path) != saved["sha256"]:
@@ -78,10 +81,28 @@ def trained_state(record_file: str | Path, record: dict | None = None) -> dict[s
     return safetensors.torch.load_file(trained_state_file(record_file, record))
 
 
-def method_of(record: dict, where: str) -> MethodSpec:
+Trust = bool | Collection[str]  # plug-in modules a record may name: True any, else these module names
+
+
+def check_plugin(family: str, where: str, trust_plugins: Trust = ()) -> None:
+    """A record's plug-in family ("module:Class") is code that a results folder names: it is imported only when
+    this invocation trusts its module (`trust_plugins`, --trust-plugin) or has imported it already (the user's own
+    --methods file named it); otherwise a one-line UserError says which module the record asks for."""
+    if family in FAMILIES or ":" not in family:
+        return  # a registered family, or an unknown name that family_class refuses
+    module = family.partition(":")[0]
+    if trust_plugins is True or module in trust_plugins or module in sys.modules:
+        return
+    raise UserError(f"{where}: config.method.family {family!r} is plug-in code (module {module!r}); peftbench does "
+                    f"not import code a results folder names: pass --trust-plugin {module} (Python: trust_plugins="
+                    f"[{module!r}]) if you trust it")
+
+
+def method_of(record: dict, where: str, trust_plugins: Trust = ()) -> MethodSpec:
     """The run's method, rebuilt from the family and hyper-parameters in its config (a plug-in family must be
-    importable)."""
+    importable and trusted, see check_plugin)."""
     method = record["config"]["method"]
+    check_plugin(method["family"], where, trust_plugins)
     cls = family_class(method["family"], "")
     config = cls.config_class.from_dict(method.get("hparams", {}), f"{where}: config.method.hparams")
     return MethodSpec(method["name"], method["family"], "", config, method.get("train", {}),
@@ -106,17 +127,19 @@ def base_sam(record: dict, where: str, checkpoint: str | Path | None = None):
 
 
 def load_run(record_file: str | Path, adapter: bool = True, device: str | torch.device = "cpu",
-             checkpoint: str | Path | None = None, merged: bool | None = None) -> SamSegmenter:
+             checkpoint: str | Path | None = None, merged: bool | None = None,
+             trust_plugins: Trust = ()) -> SamSegmenter:
     """The model a run tested, in eval mode on `device`: forward takes ImageNet-normalised (B, 3, S, S) images as
     the trainer's loaders give them (S: the architecture's input size) and returns the segmenter's outputs.
 
     `adapter=False`: the same SAM segmenter before its method was attached (the run's starting decoder): the base an
     exported peft adapter is loaded onto. `checkpoint`: where the run's SAM checkpoint is now, if it moved.
-    `merged`: None, merged as the run tested it; False, the adapter left unmerged.
+    `merged`: None, merged as the run tested it; False, the adapter left unmerged. `trust_plugins`: the plug-in
+    modules (or True: any) that a record's method may import (see check_plugin); the registered families need none.
     """
     where = str(record_file)
     record = read_run(record_file)
-    spec = method_of(record, where)
+    spec = method_of(record, where, trust_plugins)
     model = SamSegmenter(base_sam(record, where, checkpoint), record["config"]["dataset"].get("num_classes", 1))
     if adapter:
         method = spec.build()

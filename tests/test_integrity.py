@@ -46,10 +46,11 @@ def test_a_run_of_another_config_never_replaces_a_finished_record(tmp_path, caps
 
 def test_a_table_cell_never_averages_two_configs(tmp_path):
     base = {"dataset": "synth_leaf", "metrics": {"test": {"iou": 50.0}}, "timing": {"inference_model": "merged"},
-            "params": {"trainable": 1, "ratio_percent": 0.1}, "device": {"name": "cpu"}}
+            "params": {"trainable": 1, "ratio_percent": 0.1}, "device": {"name": "cpu"},
+            "selection": {"metric": "iou"}, "history": []}
     for seed, epochs in [(0, 12), (1, 12), (2, 1)]:
         config = {"epochs": epochs, "seed": seed, "attention": "original", "dataset": {"kind": "binary"},
-                  "method": {"name": "lora"}}
+                  "method": {"name": "lora", "family": "lora"}}
         write_json_atomic(record_path(tmp_path, "synth_leaf", "lora", seed),
                           {**base, "method": "lora", "seed": seed, "config": config})
     labels = {(r["method"], r["seed"]) for r in load_records(tmp_path)}

@@ -12,6 +12,7 @@ from PIL import Image
 
 from peftbench.cli import main
 from peftbench.data import DatasetCard, SegmentationDataset, build_splits
+from peftbench.data.files import foreground
 from peftbench.errors import UserError
 from peftbench.figures import predictions_figure, shown_runs
 from peftbench.metrics import BinaryMeter
@@ -100,8 +101,7 @@ def test_binary_masks_reproduce_the_recorded_test_iou(results, tmp_path):
     meter = BinaryMeter(card.f_beta2, sod=())
     for i in range(len(test)):
         label = test.original_label(i)
-        meter.update(np.asarray(Image.open(tmp_path / "masks" / f"{i:03d}.png")) / 255,
-                     label > (127 if label.max() > 1 else 0))
+        meter.update(np.asarray(Image.open(tmp_path / "masks" / f"{i:03d}.png")) / 255, foreground(label))
     recorded = load_record(record_file(results, "binary"))[0]["metrics"]["test"]["iou"]
     assert meter.results()["iou"] == pytest.approx(recorded, abs=1e-9)
 
@@ -113,6 +113,34 @@ def test_a_corrupt_image_is_a_one_line_error_before_the_model_loads(results, ima
         predict(record_file(results, "binary"), [image_folder], tmp_path / "masks", device="cpu")
     assert "x.png" in str(err.value) and "\n" not in str(err.value) and "--skip-bad" in str(err.value)
     assert not (tmp_path / "masks").exists()
+
+
+def test_a_16_bit_image_gives_the_mask_of_its_8_bit_version(results, image_folder, tmp_path, monkeypatch):
+    """With foreground = the normalised red channel > 0 (pixel > 124) the masks follow the image, so a misread
+    (clipped, near-white) 16-bit image would give another mask."""
+    model = load_run(record_file(results, "binary"))
+    model.probabilities = lambda x: x[:, 0].sigmoid()
+    monkeypatch.setattr("peftbench.predict.load_run", lambda *a, **k: model)
+    folder = tmp_path / "wide"
+    folder.mkdir()
+    for path in sorted(image_folder.iterdir()):  # gray 8-bit PNGs and the same images as 16-bit PNGs (v * 257)
+        gray = np.asarray(Image.open(path).convert("L"))
+        Image.fromarray(gray).save(folder / f"{path.stem}_8.png")
+        Image.fromarray(gray.astype(np.uint16) * 257).save(folder / f"{path.stem}_16.png")
+    predict(record_file(results, "binary"), [folder], tmp_path / "masks", device="cpu")
+    for path in sorted(image_folder.iterdir()):
+        eight, sixteen = (np.asarray(Image.open(tmp_path / "masks" / f"{path.stem}_{b}.png")) for b in (8, 16))
+        assert 0 < eight.mean() < 255
+        np.testing.assert_array_equal(sixteen, eight)
+
+
+def test_an_image_the_reading_rule_refuses_is_a_one_line_error_before_the_model_loads(results, tmp_path,
+                                                                                      monkeypatch):
+    Image.fromarray(np.arange(64, dtype=np.uint16).reshape(8, 8) * 64).save(tmp_path / "dark.png")  # 12-bit data
+    monkeypatch.setattr("peftbench.predict.load_run", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(UserError, match=r"dark\.png: 16-bit image whose values are all below 4096") as err:
+        predict(record_file(results, "binary"), [tmp_path / "dark.png"], tmp_path / "masks", device="cpu")
+    assert "\n" not in str(err.value)
 
 
 def test_skip_bad_lists_the_corrupt_image_and_writes_the_others(results, image_folder, tmp_path):
@@ -191,7 +219,7 @@ def test_the_report_embeds_a_predicted_masks_figure_per_dataset(results):
 
 def test_runs_without_a_kept_state_or_test_images_here_are_left_out(results, tmp_path):
     record = load_record(record_file(results, "binary"))[0]
-    kept = {**record, "seed": 1}
+    kept = {**record, "seed": 1, "adapter": {**record["adapter"], "file": "adapters/synth_leaf/lora/seed1.safetensors"}}
     assert shown_runs([{**record, "adapter": None}, kept]) == {"synth_leaf": {"lora": kept}}
     elsewhere = {**record, "config": {**record["config"], "dataset": {
         **record["config"]["dataset"], "source": "prepared", "path": str(tmp_path / "not_prepared")}}}
