@@ -244,6 +244,9 @@ def write_figures(records: list[dict], out: Path, warn: Callable[[str], None] = 
         written.append(figures / "operations.csv")
         for dataset in operations["dataset"].unique():
             written += operations_figure(operations, dataset, figures / f"operations_{dataset}")
+    for r in records:  # a kept state the figure cannot load is named, never silently dropped
+        if r.get("adapter") and (why := record_problem(r, loadable=True)):
+            warn(f"predictions_{r['dataset']}: {r['method']} seed {r['seed']} not loadable ({why})")
     for dataset, runs in shown_runs(records).items():
         written += predictions_figure(runs, out, dataset, figures / f"predictions_{dataset}", warn, trust_plugins,
                                       dataset_roots)

@@ -25,7 +25,7 @@ from .data.layouts import image_files
 from .device import resolve_device
 from .errors import UserError
 from .records import atomic_output
-from .runs import Trust, load_run, read_run
+from .runs import Trust, check_plugin, load_run, read_run
 from .segmenter import SamSegmenter, at_size, normalise
 
 OVERLAY_ALPHA = 0.5  # weight of the class colour where an overlay marks a class
@@ -174,7 +174,9 @@ def predict(record_file: str | Path, images: Sequence[str | Path], out: Path, de
     if batch_size < 1:
         raise UserError(f"batch size {batch_size}: must be at least 1")
     target = resolve_device(device)
-    num_classes = read_run(record_file)["config"]["dataset"].get("num_classes", 1)
+    record = read_run(record_file)
+    check_plugin(record["config"]["method"]["family"], str(record_file), trust_plugins)  # before any work
+    num_classes = record["config"]["dataset"].get("num_classes", 1)
     if num_classes > 255:
         raise UserError(f"{record_file}: {num_classes} classes do not fit the 8-bit PNG masks (255 at most)")
     out, paths = Path(out), image_paths(images)

@@ -82,7 +82,7 @@ RECORD = {  # what every reader needs
     "metrics": ("each", ("each", _number)),
     "config": {"dataset": {"kind": _one_of("binary", "multiclass")},
                "method?": {"name": _text, "family": _text, "backbone?": _text}},  # schema 1: may lack it
-    "adapter?": {"file": _text, "sha256": _pattern(SHA256, "a sha256 in hex")},
+    "adapter?": ("nullable", {"file": _text, "sha256": _pattern(SHA256, "a sha256 in hex")}),
     "merge?": {"evaluated_model?": _text},
     "config_hash?": _text,
 }
