@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .errors import UserError
 from .figures import write_figures
 from .records import SEARCH_MARK, SEARCH_NOTE, load_records, set_label, unsearched, write_csv_atomic, write_text_atomic
 from .runs import Trust
@@ -594,6 +595,13 @@ def write_html(out: Path, tables: list[tuple[str, str]], figures: list[Path]) ->
     return path
 
 
+def _check_inside(out: Path, path: Path) -> None:
+    """A one-line UserError when `path` (under the results folder `out`) is a link that leads out of it."""
+    if not path.resolve().is_relative_to(out.resolve()):
+        raise UserError(f"{path}: links to {path.resolve()}, outside the results folder {out}; peftbench writes "
+                        "nothing there (remove the link)")
+
+
 def build_report(out: Path, reference: bool = False, warn: Callable[[str], None] = print,
                  trust_plugins: Trust = (), dataset_roots: Collection[str | Path] = ()) -> list[Path]:
     """Rebuild every table (tables/metrics and tables/timing included), figure and the HTML page from the records
@@ -609,6 +617,8 @@ def build_report(out: Path, reference: bool = False, warn: Callable[[str], None]
     seeds_asked = len({r["seed"] for r in records})
     ref = pd.read_csv(REFERENCE_FILE, dtype=str) if reference else None
     infos, not_engaged = method_infos(records), unsearched(records)
+    for place in ("tables", "figures", "report.html"):  # a link planted in the folder must not lead writes out
+        _check_inside(Path(out), Path(out) / place)
     folder = Path(out) / "tables"
     folder.mkdir(parents=True, exist_ok=True)
     written, rendered, reference_rows = _generic_tables(records, df, folder), [], 0

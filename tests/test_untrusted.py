@@ -218,3 +218,13 @@ def test_metrics_table_marks_cells_over_fewer_seeds(results):
     md = (results / "tables" / "metrics.md").read_text()
     rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
     assert "(n=1)" in rows["decoder_only"] and "(n=" not in rows["lora"]
+
+
+def test_a_link_in_the_folder_never_leads_the_reports_writes_out(results, tmp_path, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.rmtree(results / "figures")
+    (results / "figures").symlink_to(elsewhere)
+    assert main(["report", "--out", str(results)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "outside the results folder" in err and not list(elsewhere.iterdir())
