@@ -71,7 +71,7 @@ class SegmentationDataset(Dataset):
         image = np.asarray(self._raw_image(i).resize((self.size, self.size), Image.BICUBIC))
         label = self.original_label(i)
         if self.kind == "binary":  # at the original resolution, as validation and the test metrics threshold it
-            label = foreground(label).astype(np.uint8)
+            label = foreground(label).view(np.uint8)  # 0/1, no copy
         label = np.asarray(Image.fromarray(label).resize((self.size, self.size), Image.NEAREST))
         pair = (torch.from_numpy(image.transpose(2, 0, 1).copy()), torch.from_numpy(label.astype(np.uint8)))
         if (len(self.cache) + 1) * 4 * self.size**2 <= self.cache_bytes:
