@@ -18,6 +18,7 @@ from matplotlib.ticker import EngFormatter
 from PIL import Image
 
 from .data import DatasetCard, build_splits
+from .data.files import foreground
 from .device import resolve_device
 from .errors import UserError
 from .paths import DATA_ROOT
@@ -164,7 +165,7 @@ def first_test_samples(card: DatasetCard, count: int) -> tuple[str, list[tuple[I
 
 def _classes(label: np.ndarray, kind: str) -> np.ndarray:
     """A label or mask as class ids for the palette: binary 0/1 (thresholded as the trainer reads labels)."""
-    return (label > (127 if label.max() > 1 else 0)).astype(np.uint8) if kind == "binary" else label
+    return foreground(label).astype(np.uint8) if kind == "binary" else label
 
 
 def images_allowed(card: DatasetCard, roots: Collection[str | Path]) -> bool:

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data import DatasetCard, build_splits
+from .data.files import foreground
 from .device import OPTIMIZER_KERNELS, autocast, resolve_device
 from .losses import balanced_bce, bce_dice, multiclass_loss, structure_loss
 from .methods import Method, MethodSpec
@@ -245,7 +246,7 @@ def _score(meter: BinaryMeter | MulticlassMeter, probs: torch.Tensor, label: np.
     toolboxes do (a no-op when the label is the model-sized one); `peftbench predict` resizes with the same at_size."""
     resized = at_size(probs, label.shape)
     if isinstance(meter, BinaryMeter):
-        meter.update(resized[0].clamp(0, 1).numpy(), label > (127 if label.max() > 1 else 0))
+        meter.update(resized[0].clamp(0, 1).numpy(), foreground(label))
     else:
         meter.update(resized.argmax(0).numpy(), label.astype(np.int64))
 
