@@ -339,3 +339,25 @@ def test_keywords_all_ablations_and_miniature():
     assert not main & {m.name for m in resolve_methods("ablations")}
     assert [m.name for m in resolve_methods("miniature")] == MINIATURE
     assert method_specs()["decoder_only_random"].backbone == method_specs()["sam_scratch"].backbone == "random"
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("bad_lr", '[train]\nlr = "abc"\n', "[train] lr must be a positive number, not 'abc'"),
+    ("zero_lr", "[train]\nlr = 0\n", "[train] lr must be a positive number, not 0"),
+    ("float_epochs", "[train]\nepochs = 2.5\n", "[train] epochs must be a positive integer, not 2.5"),
+    ("bool_epochs", "[train]\nepochs = true\n", "[train] epochs must be a positive integer, not True"),
+    ("group_lr", '[train.group_optim.arch]\nlr = "fast"\n',
+     "[train.group_optim.arch] lr must be a positive number, not 'fast'"),
+    ("not_a_table", "train = 3\n", "[train] must be a table, not 3"),
+    (".hidden", "", "the method name (the file's name) must be a single folder name"),
+])
+def test_bad_train_values_and_method_names_are_one_line_errors_before_any_run(name, text, message, tmp_path, capsys):
+    from peftbench.cli import main
+
+    path = tmp_path / f"{name}.toml"
+    path.write_text('family = "lora"\n' + text + '[hparams]\nrank = 3\nalpha = 32\n')
+    assert main(["run", "--methods", str(path), "--datasets", "synth_road", "--seeds", "0", "--device", "cpu",
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(path) in err and message in err, err
+    assert not (tmp_path / "out").exists()

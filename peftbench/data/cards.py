@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..metrics import spec
+from ..names import checked_number, safe_name
 from ..paths import DATA_ROOT, DATASETS_DIR
 from .files import read_manifest
 from .synthetic import GENERATORS
@@ -85,6 +86,8 @@ class DatasetCard:
 def _card_from_toml(path: Path) -> DatasetCard:
     try:
         data = tomllib.loads(path.read_text())
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the card ({err.strerror})") from None
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"{path}: invalid TOML ({err})") from None
     train = data.pop("train", {})
@@ -108,7 +111,33 @@ def _card_from_toml(path: Path) -> DatasetCard:
         raise UserError(f"{path}: {err}") from None
     if card.source == "synthetic" and card.generator not in GENERATORS:
         raise UserError(f"{path}: generator {card.generator!r} is not one of {', '.join(GENERATORS)}")
+    _check_values(card, str(path))
     return card
+
+
+SPLITS = ("train", "val", "test")  # a synthetic card's [splits]: samples per split (test: per test set)
+
+
+def _check_values(card: DatasetCard, where: str) -> None:
+    """A card's name and numbers, checked when it is read rather than run by run: the name is one safe folder name
+    (records are filed under it), epochs, num_classes (1 for a binary task, at least 2 for a multi-class one) and
+    size positive integers, seed and split_seed integers >= 0, lr and f_beta2 positive numbers, a synthetic card's
+    splits positive integers."""
+    safe_name(card.name, f"{where}: name")
+    for key in ("epochs", "num_classes", "size"):
+        checked_number(getattr(card, key), f"{where}: {key}", integer=True)
+    for key in ("seed", "split_seed"):
+        checked_number(getattr(card, key), f"{where}: {key}", integer=True, positive=False)
+    for key in ("lr", "f_beta2"):
+        checked_number(getattr(card, key), f"{where}: {key}")
+    if (card.num_classes == 1) != (card.kind == "binary"):
+        raise UserError(f"{where}: num_classes {card.num_classes} does not fit kind {card.kind!r} (binary: 1, "
+                        "multiclass: 2 or more)")
+    if card.source == "synthetic" or card.splits:
+        if not isinstance(card.splits, dict) or sorted(card.splits) != sorted(SPLITS):
+            raise UserError(f"{where}: splits must be a table of {', '.join(SPLITS)}, not {card.splits!r}")
+        for split in SPLITS:
+            checked_number(card.splits[split], f"{where}: splits.{split}", integer=True)
 
 
 def dataset_cards(directory: Path = DATASETS_DIR) -> dict[str, DatasetCard]:
@@ -168,8 +197,10 @@ def card_for_path(path: Path, classes: int | None = None, binarize: bool = False
     resolved = Path(path).resolve()
     binary = classes is None
     digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:8]
+    # Without a leading '.': records under runs/.<name>/ would be hidden from every glob (and from the tables).
+    stem = (resolved.stem if resolved.is_file() else resolved.name).lstrip(".")
     return DatasetCard(
-        name=f"{resolved.stem if resolved.is_file() else resolved.name}-{digest}",
+        name=f"{stem or 'data'}-{digest}",
         kind="binary" if binary else "multiclass", source="files", num_classes=1 if binary else classes,
         path=str(resolved), description=f"ad-hoc dataset from {path}",
         metrics=list(BINARY_METRICS if binary else MULTICLASS_METRICS),

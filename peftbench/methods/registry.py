@@ -20,6 +20,7 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import UserError
+from ..names import checked_number, safe_name
 from ..paths import METHODS_DIR
 from .base import Method, MethodConfig, check_keys
 
@@ -147,21 +148,44 @@ def _read_toml(path: Path, directory: Path) -> dict:
 def read_method(path: Path, directory: Path = METHODS_DIR) -> MethodSpec:
     """The method of one TOML file (a variant's `base` is looked up beside it, then in `directory`)."""
     path = Path(path)
+    name = safe_name(path.stem, f"{path}: the method name (the file's name)")  # records are filed under it
     data = _read_toml(path, directory)
     family = data.get("family")
     cls = family_class(family, str(path))
     train = data.get("train", {})
-    check_keys(train, TRAIN_KEYS, f"{path}: [train]")
-    for group, settings in train.get("group_optim", {}).items():
-        check_keys(settings, GROUP_OPTIM_KEYS, f"{path}: [train.group_optim.{group}]")
+    _check_train(train, str(path))
     check_keys(data.get("paper", {}), PAPER_KEYS, f"{path}: [paper]")
     backbone = data.get("backbone", "pretrained")
     if backbone not in BACKBONES:
         raise UserError(f"{path}: backbone must be one of {', '.join(BACKBONES)}, not {backbone!r}")
     config = cls.config_class.from_dict(data.get("hparams", {}), f"{path}: [hparams]")
-    return MethodSpec(path.stem, family, data.get("description", ""), config, train, data.get("paper", {}),
+    return MethodSpec(name, family, data.get("description", ""), config, train, data.get("paper", {}),
                       data.get("ablation", ""), data.get("baseline", ""), backbone, bool(data.get("control", False)),
                       str(path))
+
+
+def _check_train(train: object, where: str) -> None:
+    """A method file's [train], checked here rather than run by run: known keys, lr (also each
+    [train.group_optim.<group>]'s) a positive number, epochs a positive integer, weight_decay a number >= 0."""
+    check_keys(_table(train, f"{where}: [train]"), TRAIN_KEYS, f"{where}: [train]")
+    if "epochs" in train:
+        checked_number(train["epochs"], f"{where}: [train] epochs", integer=True)
+    if "lr" in train:
+        checked_number(train["lr"], f"{where}: [train] lr")
+    for group, settings in _table(train.get("group_optim", {}), f"{where}: [train.group_optim]").items():
+        table = f"{where}: [train.group_optim.{group}]"
+        check_keys(_table(settings, table), GROUP_OPTIM_KEYS, table)
+        if "lr" in settings:
+            checked_number(settings["lr"], f"{table} lr")
+        if "weight_decay" in settings:
+            checked_number(settings["weight_decay"], f"{table} weight_decay", positive=False)
+
+
+def _table(value: object, where: str) -> dict:
+    """`value`, a TOML table, or a one-line error naming `where`."""
+    if not isinstance(value, dict):
+        raise UserError(f"{where} must be a table, not {value!r}")
+    return value
 
 
 def method_specs(directory: Path = METHODS_DIR) -> dict[str, MethodSpec]:
