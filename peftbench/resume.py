@@ -6,10 +6,13 @@
   touched in the last `STALE_AFTER_S` seconds (every checkpoint touches it). A lock written under the same
   `owner` (a Slurm job id, a Ray task id: ids that survive a requeue or retry of the same work) is that work's
   earlier incarnation, killed by preemption or a lost node, and is taken over at once wherever it was written.
+  A lock that cannot be written (a full disk) is removed at once; one left empty or half-written (its writer
+  killed in between) is stale after `UNWRITTEN_AFTER_S` seconds.
 - `save_checkpoint` / `load_checkpoint`: model state (trainable parameters and buffers), optimizers, schedules,
   loss scaler, selection state, history, counters and every random-number state (Python, NumPy, torch CPU/CUDA,
-  the data-order generator), written atomically. A killed run continues after its last finished epoch; on the
-  CPU its final record equals an uninterrupted run's.
+  the data-order generator), written atomically (on a full disk: the disk's error naming the file, the previous
+  checkpoint whole). A killed run continues after its last finished epoch; on the CPU its final record equals an
+  uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ import torch
 from .records import atomic_output
 
 STALE_AFTER_S = 6 * 3600
+# A lock is written the instant it is created: one still unreadable after this long never will be (its writer was
+# killed in between, or the disk was full), and is stale.
+UNWRITTEN_AFTER_S = 300
 
 
 def _alive(pid: int) -> bool:
@@ -60,18 +66,30 @@ def claim(path: Path, owner: str | None = None) -> bool:
     with open(path.with_name(path.name + ".takeover"), "a") as guard:
         fcntl.flock(guard, fcntl.LOCK_EX)
         try:
-            holder = json.loads(path.read_text())
             age = time.time() - path.stat().st_mtime
+            holder = json.loads(path.read_text())
         except FileNotFoundError:  # released meanwhile
             return _create(path, me)
-        except (OSError, ValueError):  # a lock being written right now
+        except OSError:  # unreadable from here: its owner may well be alive
             return False
-        same_host = holder.get("host") == me["host"]
-        alive = _alive(int(holder.get("pid", -1))) if same_host else age < STALE_AFTER_S
-        if alive and not (owner is not None and holder.get("owner") == owner):
+        except ValueError:  # being written this instant, or never finished
+            holder = None
+        if not _stale(holder, age, me, owner):
             return False
-        path.unlink(missing_ok=True)  # stale: its owner is gone (or it is this work's earlier incarnation)
+        path.unlink(missing_ok=True)  # its owner is gone (or it is this work's earlier incarnation)
         return _create(path, me)
+
+
+def _stale(holder: object, age: float, me: dict, owner: str | None) -> bool:
+    """Whether a lock holding `holder` (not a JSON object: unreadable), last touched `age` seconds ago, may be
+    taken over by `me` (see claim)."""
+    if not isinstance(holder, dict):
+        return age >= UNWRITTEN_AFTER_S
+    if owner is not None and holder.get("owner") == owner:
+        return True
+    if holder.get("host") == me["host"]:
+        return not _alive(int(holder.get("pid", -1)))
+    return age >= STALE_AFTER_S
 
 
 def _create(path: Path, me: dict) -> bool:
@@ -80,8 +98,12 @@ def _create(path: Path, me: dict) -> bool:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as f:
-        json.dump(me, f)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+    except BaseException:  # a full disk: no empty lock may stay to block the run for good
+        path.unlink(missing_ok=True)
+        raise
     return True
 
 
