@@ -145,3 +145,27 @@ def test_nas_run_records_its_operation_distribution_and_draws_the_figures(tmp_pa
         assert (figures / f"{stem}.png").stat().st_size > 0 and (figures / f"{stem}.pdf").is_file()
     curves = (figures / "convergence.csv").read_text().splitlines()
     assert curves[0] == "dataset,method,seed,epoch,metric,value" and len(curves) == 1 + 2 * 2
+
+
+def test_seeds_are_non_negative_integers_and_a_repeated_one_runs_once(tmp_path, capsys):
+    from peftbench.cli import _seeds
+
+    assert _seeds("2,0,2,1,0") == [2, 0, 1]
+    for value, message in (("-1", "each seed must be a non-negative integer, not -1"),
+                           ("0,4294967296", "seed 4294967296 is too large")):
+        assert run([*QUICK[:4], "--seeds", value, *QUICK[6:]], tmp_path) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"--seeds {value!r}" in err and message in err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("command", [["run"], ["report"], ["export", "r.json", "--format", "state"],
+                                     ["predict", "r.json", "--images", "x.png"], ["bench"]])
+def test_an_out_that_is_a_file_is_one_line_before_anything_runs(command, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine\n")
+    for out, message in ((tmp_path / "notes.txt", "is a file, not a folder"),
+                         (tmp_path / "notes.txt" / "sub", f"{tmp_path / 'notes.txt'} is a file, not a folder")):
+        assert main([*command, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"peftbench: error: --out {out}: {message}"
+    assert (tmp_path / "notes.txt").read_text() == "mine\n"
