@@ -330,15 +330,19 @@ class LocalExecutor:
 
     def run(self, tasks: list[RunTask], monitor: Monitor) -> None:
         queue, take = deque(tasks), threading.Lock()
-        stop = threading.Event()
+        stop, errors = threading.Event(), []
 
         def worker(slot: str | None) -> None:
-            while not stop.is_set():
-                with take:
-                    if not queue:
-                        return
-                    task = queue.popleft()
-                monitor.finished(task, self._run(task, slot, monitor.started(task)))
+            try:
+                while not stop.is_set():
+                    with take:
+                        if not queue:
+                            return
+                        task = queue.popleft()
+                    monitor.finished(task, self._run(task, slot, monitor.started(task)))
+            except BaseException as err:  # noqa: BLE001 - a full disk, say: no new run starts; raised below, once
+                errors.append(err)
+                stop.set()
 
         if len(self.slots) == 1:
             worker(self.slots[0])
@@ -353,6 +357,8 @@ class LocalExecutor:
         except KeyboardInterrupt:
             stop.set()  # the children got the same SIGINT and end; no new run starts
             raise
+        if errors:
+            raise errors[0]
 
 
 def gpu_slots(value: str) -> list[str]:

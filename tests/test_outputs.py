@@ -110,9 +110,7 @@ def test_a_full_disk_is_one_line_for_export_predict_and_report(results_on, tmp_p
     assert not [p for p in disk.rglob("*") if p.name.endswith(".tmp")]
 
 
-@pytest.mark.parametrize("workers, free", [("1", 0), ("1", 32 * 1024), pytest.param("2", 0, marks=pytest.mark.xfail(
-    strict=True, reason="executors.LocalExecutor's worker threads hand a write error to threading.excepthook (a "
-                        "traceback on the terminal) instead of raising it in the grid's thread"))])
+@pytest.mark.parametrize("workers, free", [("1", 0), ("1", 32 * 1024), ("2", 0)])
 def test_a_run_on_a_full_disk_is_one_line_and_keeps_every_finished_run(results_on, workers, free, capsys,
                                                                          monkeypatch):
     """No space for the run's lock, or (32 KiB free) for its first checkpoint (torch.save) after an epoch."""
