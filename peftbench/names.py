@@ -17,13 +17,20 @@ SAFE_NAME = "a single folder name (no '/', '\\', '..', leading '.' or control ch
 _UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]|^\.")  # a separator, a control character, a leading dot ('.', '..', hidden)
 
 
+def name_problem(value: object) -> str:
+    """"" when `value` is one safe path component (see safe_name), else why not."""
+    if not isinstance(value, str) or not value or len(value) > 200 or _UNSAFE.search(value):
+        return f"must be {SAFE_NAME}, not {value!r}"
+    return ""
+
+
 def safe_name(value: object, what: str) -> str:
     """`value` if it is one safe path component: a non-empty string of at most 200 characters without '/', '\\',
     NUL or another control character, not starting with '.' (so neither '.' nor '..' nor hidden); otherwise a
     UserError "<what> must be a single folder name (...), not <value>". `what` names the file and key, e.g.
     "datasets/x.toml: name". Any other text is fine (a folder "mes données" names a card)."""
-    if not isinstance(value, str) or not value or len(value) > 200 or _UNSAFE.search(value):
-        raise UserError(f"{what} must be {SAFE_NAME}, not {value!r}")
+    if why := name_problem(value):
+        raise UserError(f"{what} {why}")
     return value
 
 

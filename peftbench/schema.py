@@ -12,23 +12,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-# A name used as one component of a path under the results folder: <out>/runs/<dataset>/<method>/seed<k>.json.
-# Any text (a folder "mes données" makes a card name) but a separator, a control character or a leading dot
-# (so no "." or "..", no hidden file).
-UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]|^\.")
+from .names import name_problem
+
 SHA256 = re.compile(r"[0-9a-f]{64}")
 ABLATION = re.compile(r"([A-Za-z0-9][A-Za-z0-9 ._-]*)?")  # "Table 7": it names a report table's file
 
 Check = Callable[[object], str]  # "" when the value is fine, else what is wrong with it
-
-
-def name_problem(value: object) -> str:
-    """"" when `value` can be one path component of the results layout, else why not."""
-    if not isinstance(value, str) or not value:
-        return f"expected a non-empty name, got {value!r}"
-    if len(value) > 200 or UNSAFE.search(value):
-        return f"{value!r} cannot be one folder or file name (a / or \\, a control character or a leading dot)"
-    return ""
 
 
 def _number(value: object) -> str:

@@ -58,8 +58,8 @@ def test_every_record_a_run_writes_is_usable_and_loadable(grid):
 
 
 @pytest.mark.parametrize("field, value, named", [
-    ("dataset", "../../../escaped", "dataset: '../../../escaped' cannot be one folder or file name"),
-    ("method", "a/b", "method: 'a/b' cannot be one folder or file name"),
+    ("dataset", "../../../escaped", "dataset: must be a single folder name (no '/', "),
+    ("method", "a/b", "method: must be a single folder name"),
     ("seed", "0", "seed: expected a non-negative integer, got '0'"),
     ("metrics", {"test": {"iou": "high"}}, "metrics.test.iou: expected a number, got 'high'"),
     ("config", None, "config: expected an object, got NoneType"),
