@@ -1,4 +1,4 @@
-"""No import cycles between peftbench modules.
+"""No import cycles between peftbench modules, and the light entry points stay light.
 
 The graph is read from the source with `ast`, without importing anything: every `import` and `from ... import`
 statement counts, at module level and inside functions alike (a deferred import that closes a cycle is still a
@@ -8,17 +8,29 @@ cycle, only one that fails later). Relative imports are resolved against the imp
 Only explicit imports count. Importing `peftbench.data.files` also runs `peftbench/__init__.py` and
 `peftbench/data/__init__.py` first, but those implicit parent edges are left out: every package's __init__ imports
 some of its own submodules, so counting them would make every package a trivial cycle.
+
+Light entry points: `import peftbench`, `import peftbench.errors`, `peftbench --help` and every subcommand's
+`--help` load neither torch nor segment_anything (the package's public API is imported on first use, by a
+module-level `__getattr__` in peftbench/__init__.py); each is checked in a fresh interpreter.
 """
 
 from __future__ import annotations
 
 import ast
+import os
+import re
+import subprocess
+import sys
 from collections import deque
 from pathlib import Path
+
+import pytest
 
 import peftbench
 
 PACKAGE_DIR = Path(peftbench.__file__).parent
+ROOT = PACKAGE_DIR.parent
+HEAVY = ("torch", "segment_anything", "torchvision")
 
 
 def module_files(package_dir: Path = PACKAGE_DIR) -> dict[str, Path]:
@@ -136,3 +148,76 @@ def test_graph_sees_the_package_imports():
     assert {"peftbench.data", "peftbench.methods"} <= graph["peftbench"]
     assert "peftbench.methods.bitfit" in graph["peftbench.methods"]  # `from . import bitfit, ...`
     assert "peftbench.errors" in graph["peftbench.methods.base"]  # `from ..errors import UserError`
+
+
+def fresh_python(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python *args` in a new interpreter on this checkout (not an installed copy)."""
+    env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
+                                                                                     os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+
+
+def imported_modules(importtime_stderr: str) -> set[str]:
+    """The modules `python -X importtime` reports having imported (one line each on stderr)."""
+    return {m.group(1) for m in re.finditer(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)\s*$", importtime_stderr,
+                                            flags=re.MULTILINE)}
+
+
+def heavy(modules) -> list[str]:
+    return sorted(m for m in modules if m.split(".")[0] in HEAVY)
+
+
+@pytest.mark.parametrize("module", ["peftbench", "peftbench.errors", "peftbench.cli"])
+def test_importing_loads_no_torch(module):
+    done = fresh_python("-c", f"import {module}, sys; assert 'torch' not in sys.modules; "
+                              "print(','.join(m for m in sys.modules if m.split('.')[0] in "
+                              f"{HEAVY!r}))")
+    assert done.returncode == 0 and not done.stdout.strip(), \
+        f"import {module} loaded {done.stdout.strip() or 'torch'}\n{done.stderr[-2000:]}"
+
+
+def subcommands() -> list[str]:
+    from peftbench.cli import build_parser
+
+    (sub,) = [a for a in build_parser()._actions if a.dest == "command"]
+    return sorted(sub.choices)
+
+
+@pytest.mark.parametrize("command", [[], *([c] for c in subcommands())], ids=lambda c: " ".join(c) or "peftbench")
+def test_help_loads_no_torch(command):
+    """`python -m peftbench [command] --help`, as a user types it, with the interpreter's own import log."""
+    done = fresh_python("-X", "importtime", "-m", "peftbench", *command, "--help")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage: peftbench" in done.stdout
+    modules = imported_modules(done.stderr)
+    assert "peftbench.cli" in modules, "the import log was not read (python -X importtime's format changed?)"
+    assert not heavy(modules), f"peftbench {' '.join(command)} --help imported {heavy(modules)}"
+
+
+def test_the_public_api_loads_on_first_use():
+    code = ("import sys, peftbench\n"
+            "assert 'torch' not in sys.modules\n"
+            "from peftbench import load_run, dataset_cards\n"
+            "from peftbench.methods import adapt, method_specs\n"
+            "assert peftbench.adapt is adapt and peftbench.method_specs is method_specs\n"
+            "assert peftbench.load_run is load_run and callable(dataset_cards)\n"
+            "assert set(peftbench.__all__) <= set(dir(peftbench))\n"
+            "assert 'segment_anything' in sys.modules\n"
+            "try:\n    peftbench.no_such_name\nexcept AttributeError as err:\n    print(err)\n")
+    done = fresh_python("-c", code)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "no attribute 'no_such_name'" in done.stdout
+
+
+def test_omp_wait_policy_is_set_before_torch_loads():
+    """OpenMP reads OMP_WAIT_POLICY once, when torch loads: peftbench/__init__.py sets it before any torch import,
+    whichever peftbench module is imported first (a user's explicit setting wins)."""
+    code = ("import os, sys\nimport peftbench.errors\nassert 'torch' not in sys.modules\n"
+            "print(os.environ['OMP_WAIT_POLICY'])")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "PASSIVE", done.stderr[-2000:]
+    done = fresh_python("-c", code, env={"OMP_WAIT_POLICY": "ACTIVE"})
+    assert done.stdout.strip() == "ACTIVE", done.stderr[-2000:]
