@@ -17,6 +17,7 @@ module-level `__getattr__` in peftbench/__init__.py); each is checked in a fresh
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import subprocess
@@ -221,3 +222,16 @@ def test_omp_wait_policy_is_set_before_torch_loads():
     assert done.returncode == 0 and done.stdout.strip() == "PASSIVE", done.stderr[-2000:]
     done = fresh_python("-c", code, env={"OMP_WAIT_POLICY": "ACTIVE"})
     assert done.stdout.strip() == "ACTIVE", done.stderr[-2000:]
+
+
+def test_import_time_benchmark_compares_a_revision(tmp_path):
+    """benchmarks/import_time.py end to end, against HEAD (light too, so quick); its worktree is removed."""
+    out = tmp_path / "import_time.json"
+    done = fresh_python(str(ROOT / "benchmarks" / "import_time.py"), "--revision", "HEAD", "--runs", "1",
+                        "--json", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| `peftbench --help` |" in done.stdout and "| `import peftbench.errors` |" in done.stdout
+    medians = json.loads(out.read_text())["median_s"]
+    assert all(t > 0 for per in medians.values() for t in per.values())
+    assert "peftbench-import-time-" not in subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True,
+                                                          text=True, check=False).stdout
