@@ -180,3 +180,94 @@ def test_the_worked_example_method_builds(monkeypatch):
         sys.modules.pop("scaled_lora", None)
     assert type(method).__name__ == "ScaledLoRA" and spec.merge_kind == "exact"
     assert spec.config.gate_init == 1.0
+
+
+def run_parser():
+    """`peftbench run`'s argparse parser, from the command line's own build_parser."""
+    from peftbench.cli import build_parser
+
+    (sub,) = [a for a in build_parser()._actions if a.dest == "command"]
+    return sub.choices["run"]
+
+
+def flag_rows() -> dict[str, dict[str, str]]:
+    """docs/reference.md's flags table: flag -> row, each flag on its own row."""
+    out = {}
+    for row in rows_of("reference.md", {"flag"}):
+        (flag,) = names(row["flag"])
+        assert flag not in out, f"docs/reference.md lists {flag} twice"
+        out[flag] = row
+    return out
+
+
+def test_reference_lists_every_flag_of_run_and_no_other():
+    parser = run_parser()
+    flags = {s for a in parser._actions if a.dest != "help" for s in a.option_strings if s.startswith("--")}
+    documented = set(flag_rows())
+    assert not flags - documented, f"flags of `peftbench run` missing from docs/reference.md: {flags - documented}"
+    assert not documented - flags, f"docs/reference.md documents flags `run` does not have: {documented - flags}"
+
+
+def test_reference_defaults_are_the_parsers():
+    """A default cell is "off" for a switch, "–" for an unset flag, else the value that, given to the flag, parses
+    to the parser's default (so a typed default such as `--slurm-time 24:00:00` compares as the user types it)."""
+    parser = run_parser()
+    actions = {s: a for a in parser._actions for s in a.option_strings}
+    defaults = vars(parser.parse_args([]))
+    wrong = []
+    for flag, row in flag_rows().items():
+        action = actions.get(flag)
+        if action is None:
+            continue  # reported by the test above
+        cell, default = row["default"], defaults[action.dest]
+        if action.nargs == 0:  # a switch
+            ok = cell == "off" and not default
+        elif default is None:
+            ok = cell == "–"
+        else:
+            given = names(cell)
+            ok = len(given) == 1 and vars(parser.parse_args([flag, given[0]]))[action.dest] == default
+        if not ok:
+            wrong.append(f"{flag}: docs say {cell!r}, argparse's default is {default!r}")
+    assert not wrong, "docs/reference.md's defaults differ from `peftbench run`'s:\n" + "\n".join(wrong)
+
+
+def test_precision_auto_is_documented_as_resolved(monkeypatch):
+    """--precision auto: fp32 on the CPU, on CUDA bf16 from compute capability 8.0, fp16 with loss scaling before
+    (peftbench/device.py), as docs/reference.md and docs/running.md say."""
+    import torch
+
+    from peftbench.device import resolve_precision
+
+    cuda = torch.device("cuda", 0)
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    for capability, expected in [((8, 0), "bf16"), ((9, 0), "bf16"), ((7, 0), "fp16"), ((7, 5), "fp16")]:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert resolve_precision("auto", cuda) == expected, capability
+    claims = ["fp32 on the CPU", "bf16", "compute capability 8.0", "fp16", "loss scaling"]
+    for text in [flag_rows()["--precision"]["meaning"], read(DOCS / "running.md")]:
+        auto = text[text.index("fp32 on the CPU"):][:300] if "fp32 on the CPU" in text else ""
+        positions = [auto.find(c) for c in claims]
+        assert -1 not in positions and positions == sorted(positions), \
+            f"docs say of --precision auto: {auto[:300]!r}; expected, in order: {claims}"
+    for page in DOCS.glob("*.md"):
+        assert "fp16 with loss scaling on CUDA" not in read(page), f"{page.name}: --precision auto is bf16 on A100/H100"
+
+
+def record_layouts() -> list[dict]:
+    """The record layouts the readers check (the schema module, wherever the package layout puts it)."""
+    import importlib
+
+    for name in ("peftbench.store.schema", "peftbench.schema"):
+        try:
+            schema = importlib.import_module(name)
+        except ModuleNotFoundError:
+            continue
+        return [schema.RECORD, schema.REPORTED, schema.LOADABLE]
+    pytest.fail("no peftbench schema module (peftbench/store/schema.py or peftbench/schema.py)")
+
+
+def test_reference_lists_every_record_field_the_readers_need():
+    documented = {n for row in rows_of("reference.md", {"field"}) for n in names(row["field"])}
+    required = {key.rstrip("?") for layout in record_layouts() for key in layout}
+    assert not required - documented, f"record fields missing from docs/reference.md: {required - documented}"
