@@ -194,7 +194,9 @@ def test_help_loads_no_torch(command):
     assert "usage: peftbench" in done.stdout
     modules = imported_modules(done.stderr)
     assert "peftbench.cli" in modules, "the import log was not read (python -X importtime's format changed?)"
-    assert not heavy(modules), f"peftbench {' '.join(command)} --help imported {heavy(modules)}"
+    found = heavy(modules)
+    assert not found, (f"peftbench {' '.join(command)} --help imported {sorted({m.split('.')[0] for m in found})} "
+                       f"({len(found)} modules; see `python -X importtime -m peftbench {' '.join(command)} --help`)")
 
 
 def test_the_public_api_loads_on_first_use():
