@@ -14,10 +14,10 @@ from peftbench.cli import main
 from peftbench.data import DatasetCard, SegmentationDataset, build_splits
 from peftbench.data.files import foreground
 from peftbench.errors import UserError
-from peftbench.figures import predictions_figure, shown_runs
 from peftbench.metrics import BinaryMeter
 from peftbench.predict import mask_at, predict
 from peftbench.records import load_record, record_path
+from peftbench.report.figures import predictions_figure, shown_runs
 from peftbench.runs import load_run
 
 DATASETS = {"binary": "synth_leaf", "multiclass": "synth_trans"}

@@ -14,7 +14,18 @@ import pytest
 from peftbench.cli import main
 from peftbench.methods import registry
 from peftbench.records import load_records, record_path, write_json_atomic
-from peftbench.report import build_report, long_frame, miniature_table, plan_tables, write_tables
+from peftbench.report import (
+    LAYOUTS,
+    Frame,
+    build_report,
+    comparison,
+    layouts,
+    long_frame,
+    miniature_table,
+    plan_tables,
+    register_layout,
+    write_tables,
+)
 from peftbench.stats import paired_bootstrap_p, paired_t_p
 
 IMAGES = 20
@@ -60,6 +71,15 @@ def write_record(out, method, dataset, seed, iou, ber, rng, schema=2, method_inf
         **({"statistics": statistics} if statistics else {}),
     }
     write_json_atomic(record_path(out, dataset, method, seed), record)
+
+
+def write_multiclass(out, dataset, card, metrics):
+    """A one-seed LoRA record of a multi-class card (`card`: its config.dataset)."""
+    record = {"method": "lora", "dataset": dataset, "seed": 0, "per_image": {}, "metrics": metrics,
+              "params": {"trainable": 1, "ratio_percent": 0.1}, "timing": {"train_iter_per_s": 1.0},
+              "config": {"dataset": card}, "selection": {"metric": "miou"},
+              "device": {"name": "cpu"}, "history": [{"epoch": 0, "val": {"miou": 50.0}}]}
+    write_json_atomic(record_path(out, dataset, "lora", 0), record)
 
 
 @pytest.fixture
@@ -144,17 +164,23 @@ def test_paper_layouts_for_trans10k_and_ablation_tables(tmp_path):
     for seed in range(2):
         for method, base in (("nas_pc_lora", 60.0), ("nas_pc_lora_r6", 62.0)):
             write_record(tmp_path, method, "leaf", seed, base + seed, 4.0, rng)
-    record = {"method": "lora", "dataset": "trans10k_v2", "seed": 0, "per_image": {},
-              "metrics": {"test": {"acc": 95.0, "iou_glass": 97.0, "iou_bg": 40.0, "miou": 60.0}},
-              "params": {"trainable": 1, "ratio_percent": 0.1}, "timing": {"train_iter_per_s": 1.0},
-              "config": {"dataset": {"kind": "multiclass", "metrics": ["acc", "miou"], "classes": ["bg", "glass"]}},
-              "selection": {"metric": "miou"},
-              "device": {"name": "cpu"}, "history": [{"epoch": 0, "val": {"miou": 50.0}}]}
-    write_json_atomic(record_path(tmp_path, "trans10k_v2", "lora", 0), record)
+    v2 = {"kind": "multiclass", "metrics": ["acc", "miou"], "classes": layouts.TABLE3_CLASSES,
+          "multiclass_protocol": "trans10k_v2"}
+    write_multiclass(tmp_path, "trans10k_v2", v2, {"test": {"acc": 95.0, "iou_shelf": 97.0, "iou_bg": 40.0,
+                                                            "miou": 60.0}})
+    # the layouts follow the cards, not the names: a v1-protocol card is Table 2, other classes a table of their own
+    v1 = {"kind": "multiclass", "metrics": ["acc", "miou"], "classes": ["background", "things", "stuff"],
+          "multiclass_protocol": "trans10k_v1", "test_sets": ["easy", "hard"]}
+    write_multiclass(tmp_path, "glass", v1, {t: {"acc": 90.0, "miou": 70.0} for t in ("easy", "hard")})
+    write_multiclass(tmp_path, "cells", {**v2, "classes": ["a", "b"]}, {"test": {"acc": 80.0, "miou": 50.0}})
     build_report(tmp_path)
-    table3 = (tmp_path / "tables" / "table3_trans10k_v2.md").read_text()
+    tables = tmp_path / "tables"
+    table3 = (tables / "table3_trans10k_v2.md").read_text()
     header = next(line for line in table3.splitlines() if line.startswith("| method"))
-    assert header.endswith("| trans10k_v2 acc | trans10k_v2 miou | trans10k_v2 iou_bg | trans10k_v2 iou_glass |")
+    assert header.endswith("| trans10k_v2 acc | trans10k_v2 miou | trans10k_v2 iou_bg | trans10k_v2 iou_shelf |")
+    table2 = (tables / "table2_trans10k_v1.md").read_text()
+    assert "| glass/easy acc | glass/easy miou | glass/hard acc | glass/hard miou |" in table2
+    assert "| cells acc | cells miou |" in (tables / "table_multiclass.md").read_text()
     ablation = (tmp_path / "tables" / "ablation_table7.md").read_text()
     assert "| nas_pc_lora |" in ablation and "| nas_pc_lora_r6 |" in ablation
     assert "nas_pc_lora_r6" not in (tmp_path / "tables" / "table1_binary.md").read_text()
@@ -309,7 +335,7 @@ def test_a_method_split_by_config_keeps_its_method_info(tmp_path):
         record["config"]["epochs"] = epochs
         write_json_atomic(path, record)
     records = load_records(tmp_path)
-    tables = {t.name: t.methods for t in plan_tables(records, long_frame(records))}
+    tables = {t.name: [row.labels[0] for row in t.rows] for t in plan_tables(Frame(records)) if t.style != "grid"}
     assert tables["ablation_table7"] == ["nas_pc_lora", "nas_pc_lora_r6 [epochs=12]", "nas_pc_lora_r6 [epochs=1]"]
     assert tables["table1_binary"] == ["nas_pc_lora"]
 
@@ -350,3 +376,25 @@ NEEDS_CHROMIUM = pytest.mark.skipif(not shutil.which("chromium"), reason="needs 
 def test_report_in_a_headless_browser(tmp_path):
     assert main(["report", "--out", str(miniature_results(tmp_path))]) == 0
     assert_renders_in_browser(tmp_path / "report.html", "Binary semantic segmentation (the paper's Table 1 layout)")
+
+
+def test_a_registered_layout_is_written_in_every_format_and_shown_on_the_page(results, monkeypatch):
+    """Adding a table is one builder: here LoRA against DoRA on the leaf IoU."""
+    monkeypatch.setattr(layouts, "LAYOUTS", dict(LAYOUTS))  # the registration ends with the test
+
+    @register_layout
+    def leaf_iou(frame):
+        return [comparison(frame, "leaf_iou", "Leaf IoU & friends.", [("leaf", "iou")], ["lora", "dora"])]
+
+    build_report(results)
+    tables = results / "tables"
+    md = (tables / "leaf_iou.md").read_text()
+    assert "| method | Params(M)/Ratio(%) | leaf iou |" in md and "| lora | 0.001/0.10% | **71.00 ± 1.00** §† |" in md
+    assert "| dora | 0.001/0.10% | _61.00 ± 1.00_ |" in md and "| vera |" not in md
+    tex = (tables / "leaf_iou.tex").read_text()
+    assert r"\caption{Leaf IoU \& friends.}" in tex and r"\textbf{71.00 $\pm$ 1.00}$^{\S\dagger}$" in tex
+    csv = (tables / "leaf_iou.csv").read_text().splitlines()
+    assert csv[0].startswith("method,dataset,metric,mean,std,n,n_asked,best,second") and len(csv) == 3
+    page = (results / "report.html").read_text()
+    assert "<td>lora</td><td>0.001/0.10%</td><td><b>71.00 ± 1.00</b> §†</td>" in page
+    assert page.index("<h2>table1_binary</h2>") < page.index("<h2>leaf_iou</h2>")  # registration order

@@ -17,15 +17,15 @@ import torch
 from matplotlib.ticker import EngFormatter
 from PIL import Image
 
-from .data import DatasetCard, build_splits
-from .data.files import foreground
-from .device import resolve_device
-from .errors import UserError
-from .paths import DATA_ROOT
-from .predict import class_colours, decode, predict_masks
-from .records import atomic_output, record_path, write_csv_atomic
-from .runs import Trust, load_run
-from .schema import record_problem
+from ..data import DatasetCard, build_splits
+from ..data.files import foreground
+from ..device import resolve_device
+from ..errors import UserError
+from ..paths import DATA_ROOT
+from ..predict import class_colours, decode, predict_masks
+from ..records import atomic_output, record_path, write_csv_atomic
+from ..runs import Trust, load_run
+from ..schema import record_problem
 
 PREDICTION_IMAGES = 3  # test images per dataset in the predicted-masks figure
 
