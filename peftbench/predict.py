@@ -1,10 +1,6 @@
-"""Masks of a trained run on new images (`peftbench predict`), computed as the trainer computes test predictions.
-
-Each image is decoded to RGB by files.read_image (the loaders' rule for every mode), bicubic-resized to the model's
-S x S input without keeping its aspect ratio and ImageNet-normalised (data/loading.py); the model's probabilities are
-resized back to the image's own size (bilinear) and thresholded as the trainer scores them (train._score): binary
-p > 0.5, multi-class argmax. One PNG per image: binary 0/255, multi-class the class index (8-bit, so K <= 255
-classes). Class 0 is the background of every card: overlays and figures leave it uncoloured.
+"""Masks of a trained run on new images (`peftbench predict`), computed as the trainer computes test predictions
+(inference.py: decoding, resizing, thresholding). One PNG per image: binary 0/255, multi-class the class index
+(8-bit, so K <= 255 classes). Class 0 is the background of every card: overlays and figures leave it uncoloured.
 """
 
 from __future__ import annotations
@@ -20,72 +16,15 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .data.files import IMAGE_SUFFIXES, ImageRuleError, read_image
+from .data.files import IMAGE_SUFFIXES
 from .data.layouts import image_files
 from .device import resolve_device
 from .errors import UserError
+from .inference import decode, predict_masks
 from .records import atomic_output
+from .report.colours import overlay_image
 from .runs import Trust, check_plugin, load_run, read_run
-from .segmenter import SamSegmenter, at_size, normalise
-
-OVERLAY_ALPHA = 0.5  # weight of the class colour where an overlay marks a class
-IGNORE_COLOUR = (255, 255, 255)  # multi-class labels' 255 ("ignore") in figures
-# What PIL and tifffile raise on a file that is not a readable image (truncated, corrupt, another format).
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
-def mask_at(probs: torch.Tensor, size: Sequence[int]) -> np.ndarray:
-    """(H, W) uint8 mask from (S, S) or (K, S, S) model-size probabilities: binary 255 where the resized foreground
-    probability is > 0.5, else 0; multi-class the argmax class of the resized scores."""
-    resized = at_size(probs, size)
-    if probs.dim() == 2:
-        return (resized[0] > 0.5).numpy().astype(np.uint8) * 255
-    return resized.argmax(0).numpy().astype(np.uint8)
-
-
-def model_input(images: list[Image.Image], size: int) -> torch.Tensor:
-    """(B, 3, S, S) ImageNet-normalised batch of RGB images, each bicubic-resized to S x S as the loaders do."""
-    arrays = [np.asarray(image.resize((size, size), Image.BICUBIC)) for image in images]
-    return normalise(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
-
-
-@torch.no_grad()
-def predict_masks(model: SamSegmenter, images: list[Image.Image], device: torch.device) -> list[np.ndarray]:
-    """Each RGB image's (H, W) mask at its own size (see mask_at), all images in one forward pass; fp32, the
-    probabilities resized on the CPU as the trainer resizes them."""
-    probs = model.probabilities(model_input(images, model.img_size).to(device)).float().cpu()
-    return [mask_at(p, (image.height, image.width)) for p, image in zip(probs, images)]
-
-
-def class_colours(num_classes: int) -> np.ndarray:
-    """(256, 3) uint8 palette of class ids: 0 black, 1..K-1 matplotlib's tab20 (its ten dark colours, then the
-    light ones; "turbo" samples past 20 classes), 255 (ignore) white. Binary masks are classes 0 and 1."""
-    from matplotlib import colormaps  # here: train.py imports this module (at_size) and needs no matplotlib
-
-    tab20 = colormaps["tab20"].colors
-    colours = tab20[0::2] + tab20[1::2] if num_classes <= 20 else colormaps["turbo"](np.linspace(0, 1, num_classes))
-    palette = np.zeros((256, 3), np.uint8)
-    palette[1:num_classes] = (np.asarray(colours)[1:num_classes, :3] * 255).round()
-    palette[255] = IGNORE_COLOUR
-    return palette
-
-
-def overlay_image(image: Image.Image, classes: np.ndarray, num_classes: int) -> Image.Image:
-    """The RGB image with every pixel of a class other than 0 blended with its class colour; classes: (H, W) ids."""
-    rgb = np.asarray(image, np.float32)
-    tinted = (1 - OVERLAY_ALPHA) * rgb + OVERLAY_ALPHA * class_colours(num_classes)[classes]
-    return Image.fromarray(np.where((classes > 0)[..., None], tinted, rgb).round().astype(np.uint8))
-
-
-def decode(path: str | Path) -> tuple[Image.Image | None, str]:
-    """(the image at `path` as RGB, "") or (None, why it cannot be read): read as the loaders read images
-    (files.read_image: every mode by one rule, what it would misread refused, TIFFs PIL cannot read by tifffile)."""
-    try:
-        return read_image(path), ""
-    except ImageRuleError as err:
-        return None, str(err)
-    except DECODE_ERRORS as err:
-        return None, f"unreadable image ({err})"
+from .segmenter import SamSegmenter
 
 
 def image_paths(images: Sequence[str | Path]) -> list[Path]:

@@ -14,8 +14,9 @@ from peftbench.cli import main
 from peftbench.data import DatasetCard, SegmentationDataset, build_splits
 from peftbench.data.files import foreground
 from peftbench.errors import UserError
+from peftbench.inference import mask_at
 from peftbench.metrics import BinaryMeter
-from peftbench.predict import mask_at, predict
+from peftbench.predict import predict
 from peftbench.records import load_record, record_path
 from peftbench.report.figures import predictions_figure, shown_runs
 from peftbench.runs import load_run

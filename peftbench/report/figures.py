@@ -21,11 +21,12 @@ from ..data import DatasetCard, build_splits
 from ..data.files import foreground
 from ..device import resolve_device
 from ..errors import UserError
+from ..inference import decode, predict_masks
 from ..paths import DATA_ROOT
-from ..predict import class_colours, decode, predict_masks
 from ..records import atomic_output, record_path, write_csv_atomic
 from ..runs import Trust, load_run
 from ..schema import record_problem
+from .colours import class_colours
 
 PREDICTION_IMAGES = 3  # test images per dataset in the predicted-masks figure
 
@@ -181,7 +182,7 @@ def images_allowed(card: DatasetCard, roots: Collection[str | Path]) -> bool:
 def predictions_figure(runs: dict[str, dict], out: Path, dataset: str, stem: Path,
                        warn: Callable[[str], None] = print, trust_plugins: Trust = (),
                        dataset_roots: Collection[str | Path] = ()) -> list[Path]:
-    """Rows: the first test images; columns: image, label, each run's predicted mask (see predict.predict_masks),
+    """Rows: the first test images; columns: image, label, each run's predicted mask (see inference.predict_masks),
     classes coloured as in `peftbench predict --overlay`. Each run's model is loaded once per dataset (on vit_*:
     its SAM checkpoint read and sha256-checked each time, seconds per run). Nothing when the test images are not
     on this machine or outside the allowed roots (images_allowed); a run whose model cannot be loaded here (its SAM
