@@ -20,11 +20,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .config import StepConfig
 from .data.cards import DatasetCard
 from .device import autocast, resolve_device, resolve_precision
 from .methods import MethodSpec, resolve_methods
 from .records import environment, write_csv_atomic, write_json_atomic, write_text_atomic
-from .runner import DEFAULTS
 from .sam import SAM_SPECS, build_sam
 from .segmenter import SamSegmenter
 from .speed import checkpoint_blocks, embedding_cache, encoder_is_frozen, use_sdpa
@@ -96,9 +96,8 @@ class Subject:
         size = self.model.img_size
         self.x = torch.randn(opts.batch, 3, size, size, device=device)
         self.y = (torch.rand(opts.batch, size, size, device=device) > 0.5).float()
-        self.config = {**DEFAULTS, "lr": 1e-4, "group_optim": spec.train.get("group_optim", {}), "epochs": 30,
-                       "precision": setting.precision,
-                       "optimizer_kernel": opts.optimizer_kernel}
+        self.config = StepConfig(lr=1e-4, group_optim=spec.train.get("group_optim", {}), epochs=30,
+                                 precision=setting.precision, optimizer_kernel=opts.optimizer_kernel)
         self.groups = self.method.parameter_groups(self.model)
         self.trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         # Methods with a schedule (NAS-LoRA, resolved for the paper's 30 epochs) also have a search-phase iteration,

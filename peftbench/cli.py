@@ -6,51 +6,22 @@ import argparse
 import shlex
 import sys
 import time
+from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import Literal, get_args, get_origin, get_type_hints
 
 from rich.console import Console
 
+from .config import GridOptions, SamName, positive_int
 from .errors import UserError
-from .names import safe_seeds
 from .records import WRITE_ERRORS
 
-SAM_NAMES = ["tiny", "tiny_random", "vit_b", "vit_l", "vit_h"]
+SAM_NAMES = list(get_args(SamName))
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _positive_int(flag: str, value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n <= 0:
-        raise UserError(f"{flag} {value!r}: expected a positive integer")
-    return n
-
-
-def _nonnegative_float(flag: str, value: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        x = -1.0
-    if not x >= 0:
-        raise UserError(f"{flag} {value!r}: expected a number of seconds >= 0")
-    return x
-
-
-def _seeds(value: str) -> list[int]:
-    """--seeds: comma-separated non-negative integers, a repeated one counted once (names.safe_seeds)."""
-    try:
-        seeds = [int(s) for s in value.split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"--seeds {value!r}: expected comma-separated integers, e.g. 0,1,2") from None
-    if not seeds:
-        raise UserError("--seeds is empty; give comma-separated integers, e.g. 0,1,2")
-    return safe_seeds(seeds, f"--seeds {value!r}")
 
 
 # Commands whose --out is a folder (pretrain-tiny's is a file): checked before the command does anything.
@@ -66,94 +37,6 @@ def _check_out(value: str) -> None:
         raise UserError(f"--out {value}:{where} is a file, not a folder")
 
 
-EXECUTOR_DEFAULTS = {"ray_address": None, "ray_cpus_per_run": "1", "slurm_partition": None, "slurm_time": "24:00:00",
-                     "slurm_gpus_per_task": "1", "slurm_cpus_per_task": "6"}
-
-
-def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--methods", default="miniature",
-                   help="comma-separated registered methods, 'all' (the main methods), 'ablations' (the paper's "
-                        "ablation variants) or 'miniature' (default: decoder-only on the random and the pretrained "
-                        "tiny SAM, and the LoRA family)")
-    p.add_argument("--datasets", default=None,
-                   help="comma-separated registered datasets, folders or CSV manifests (default: the synthetic ones)")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
-    p.add_argument("--sam", default="tiny", choices=SAM_NAMES, help="SAM architecture (default tiny)")
-    p.add_argument("--checkpoint", default=None, help="official SAM checkpoint file (sam_vit_*.pth)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--epochs", default=None, help="override every dataset's epochs")
-    p.add_argument("--batch-size", default="4", help="images per optimizer step (default 4)")
-    p.add_argument("--micro-batch-size", default=None,
-                   help="images per forward pass; gradients accumulate to --batch-size (default: 1 on CUDA, as the "
-                        "paper's harness, else the whole batch)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                   help="autocast precision (default auto: on CUDA bf16 where native (A100, H100), else fp16 with "
-                        "loss scaling (V100); fp32 on the CPU)")
-    p.add_argument("--attention", default="original", choices=["original", "sdpa"],
-                   help="SAM attention as released, or through scaled_dot_product_attention (same results)")
-    p.add_argument("--checkpointing", action="store_true", help="activation checkpointing of the encoder blocks")
-    p.add_argument("--optimizer-kernel", default="fused", choices=["fused", "foreach", "loop"],
-                   help="how Adam(W) updates: one fused kernel (default), one kernel per operation, or a loop over "
-                        "tensors (PyTorch's CPU default); same maths, results equal within float rounding")
-    p.add_argument("--no-embedding-cache", action="store_true",
-                   help="recompute frozen image embeddings every epoch (decoder-only caches them by default)")
-    p.add_argument("--inference", default="auto", choices=["auto", "merged", "unmerged"],
-                   help="model tested: auto (default) merges where the merge is exact and tests the exact unmerged "
-                        "model otherwise; merged also tests approximate merges; unmerged never merges")
-    p.add_argument("--eval-resolution", default="original", choices=["original", "input"],
-                   help="test metrics at each label's original size (default) or at the model's input size, "
-                        "labels nearest-resized (the Conv-LoRA harness)")
-    p.add_argument("--checkpoint-interval", default="30",
-                   help="seconds between mid-run checkpoints, written after an epoch (default 30; 0: every epoch)")
-    p.add_argument("--data-root", default=None,
-                   help="folder holding the datasets (default: datasets/ in a checkout, ~/.cache/peftbench/datasets "
-                        "when installed)")
-    p.add_argument("--classes", default=None,
-                   help="a folder or CSV dataset is multi-class with K classes (masks hold class ids 0..K-1, 255 = "
-                        "ignore); default: binary (masks 0/255 or 0/1)")
-    p.add_argument("--binarize", action="store_true",
-                   help="a binary folder or CSV dataset's masks may hold other values (JPEG, anti-aliasing): "
-                        "thresholded at 128")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="leave out unreadable images, size mismatches and masks with unexpected values (listed, "
-                        "and counted in every record) instead of stopping")
-    p.add_argument("--out", default="results", help="output folder (default results)")
-    p.add_argument("--no-save-adapters", action="store_true",
-                   help="do not keep each tested model's trained state (<out>/adapters/...; needed by export, "
-                        "predict and load_run)")
-    p.add_argument("--tracker", default=None, choices=["tensorboard", "mlflow"],
-                   help="log every run as it trains to TensorBoard or MLflow (extras [tensorboard], [mlflow])")
-    p.add_argument("--tracker-uri", default=None,
-                   help="TensorBoard log folder or MLflow tracking URI (default: a local store under --out)")
-    p.add_argument("--replace", action="store_true",
-                   help="retrain runs whose finished record in --out was made with another config; the old records "
-                        "are moved to <out>/replaced/<time>/, never deleted (without it such a grid stops)")
-    p.add_argument("--executor", default="local", choices=["local", "ray", "slurm"],
-                   help="where runs execute, each in its own process: local (default), Ray tasks or a Slurm array job")
-    p.add_argument("--gpus", default=None, help="local: one worker per listed GPU, e.g. 0,1,2,3")
-    p.add_argument("--cpu-workers", default=None,
-                   help="CPU runs: how many run in parallel (default: one per available core for the tiny SAM, one "
-                        "for ViT-B/L/H; see peftbench/cpu.py)")
-    p.add_argument("--threads-per-run", default=None,
-                   help="CPU runs: torch threads of each run (default: 1 for the tiny SAM, every available core for "
-                        "ViT-B/L/H)")
-    p.add_argument("--in-process", action="store_true",
-                   help="local: train in this process (debugging; a crash ends the grid)")
-    p.add_argument("--ray-address", default=EXECUTOR_DEFAULTS["ray_address"],
-                   help="ray: 'auto' or ray://host:port joins a running cluster (default: a local instance)")
-    p.add_argument("--ray-cpus-per-run", default=EXECUTOR_DEFAULTS["ray_cpus_per_run"],
-                   help="ray: CPUs (torch threads) per run (default 1)")
-    p.add_argument("--slurm-partition", default=EXECUTOR_DEFAULTS["slurm_partition"],
-                   help="slurm: partition (default: the cluster's default)")
-    p.add_argument("--slurm-time", default=EXECUTOR_DEFAULTS["slurm_time"],
-                   help="slurm: time limit per run, minutes or HH:MM:SS (default 24:00:00); a run reaching it "
-                        "is requeued and continues from its last checkpoint")
-    p.add_argument("--slurm-gpus-per-task", default=EXECUTOR_DEFAULTS["slurm_gpus_per_task"],
-                   help="slurm: GPUs per run (default 1; 0 trains on CPUs)")
-    p.add_argument("--slurm-cpus-per-task", default=EXECUTOR_DEFAULTS["slurm_cpus_per_task"],
-                   help="slurm: CPUs per run (default 6: 4 loader workers)")
-
-
 def _minutes(flag: str, value: str) -> int:
     """Minutes, or [H]H:MM:SS as Slurm writes time limits."""
     parts = value.split(":")
@@ -164,6 +47,84 @@ def _minutes(flag: str, value: str) -> int:
     raise UserError(f"{flag} {value!r}: expected minutes or HH:MM:SS, e.g. 240 or 04:00:00")
 
 
+def _gpu_count(flag: str, value: str) -> int:
+    """0 (train on CPUs) or a positive integer."""
+    return 0 if value.strip() == "0" else positive_int(flag, value)
+
+
+def _typed(flag: str, parse):
+    """argparse's `type`: the flag's text converted once; a bad value is the converter's one-line UserError."""
+    return lambda value: parse(flag, value)
+
+
+def _literal_choices(hint) -> list | None:
+    """The values of a Literal annotation (also inside `X | None`), else None."""
+    literal = next((h for h in (hint, *get_args(hint)) if get_origin(h) is Literal), None)
+    return list(get_args(literal)) if literal else None
+
+
+def _add_grid_options(p: argparse.ArgumentParser) -> None:
+    """One argument per GridOptions field, from the flag declared with it (config.flag)."""
+    hints = get_type_hints(GridOptions)
+    for f in fields(GridOptions):
+        flag = f.metadata["flag"]
+        default = f.default if f.default_factory is MISSING else f.default_factory()
+        if flag.action:
+            # A switch not given is None (off), whichever way it sets its field: grid_options keeps the field's default.
+            p.add_argument(flag.name, dest=f.name, action=flag.action, default=None, help=flag.help)
+        else:
+            choices = _literal_choices(hints[f.name])
+            p.add_argument(flag.name, dest=f.name, default=default, type=_typed(flag.name, flag.parse), choices=choices,
+                           metavar=None if choices else flag.name.lstrip("-").replace("-", "_").upper(), help=flag.help)
+
+
+EXECUTOR_DEFAULTS = {"ray_address": None, "ray_cpus_per_run": 1, "slurm_partition": None, "slurm_time": 24 * 60,
+                     "slurm_gpus_per_task": 1, "slurm_cpus_per_task": 6}
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--methods", default="miniature",
+                   help="comma-separated registered methods, 'all' (the main methods), 'ablations' (the paper's "
+                        "ablation variants) or 'miniature' (default: decoder-only on the random and the pretrained "
+                        "tiny SAM, and the LoRA family)")
+    p.add_argument("--datasets", default=None,
+                   help="comma-separated registered datasets, folders or CSV manifests (default: the synthetic ones)")
+    _add_grid_options(p)
+    p.add_argument("--data-root", default=None,
+                   help="folder holding the datasets (default: datasets/ in a checkout, ~/.cache/peftbench/datasets "
+                        "when installed)")
+    p.add_argument("--classes", default=None, type=_typed("--classes", positive_int),
+                   help="a folder or CSV dataset is multi-class with K classes (masks hold class ids 0..K-1, 255 = "
+                        "ignore); default: binary (masks 0/255 or 0/1)")
+    p.add_argument("--binarize", action="store_true",
+                   help="a binary folder or CSV dataset's masks may hold other values (JPEG, anti-aliasing): "
+                        "thresholded at 128")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out unreadable images, size mismatches and masks with unexpected values (listed, "
+                        "and counted in every record) instead of stopping")
+    p.add_argument("--executor", default="local", choices=["local", "ray", "slurm"],
+                   help="where runs execute, each in its own process: local (default), Ray tasks or a Slurm array job")
+    p.add_argument("--gpus", default=None, help="local: one worker per listed GPU, e.g. 0,1,2,3")
+    p.add_argument("--in-process", action="store_true",
+                   help="local: train in this process (debugging; a crash ends the grid)")
+    p.add_argument("--ray-address", default=EXECUTOR_DEFAULTS["ray_address"],
+                   help="ray: 'auto' or ray://host:port joins a running cluster (default: a local instance)")
+    p.add_argument("--ray-cpus-per-run", default=EXECUTOR_DEFAULTS["ray_cpus_per_run"],
+                   type=_typed("--ray-cpus-per-run", positive_int),
+                   help="ray: CPUs (torch threads) per run (default 1)")
+    p.add_argument("--slurm-partition", default=EXECUTOR_DEFAULTS["slurm_partition"],
+                   help="slurm: partition (default: the cluster's default)")
+    p.add_argument("--slurm-time", default=EXECUTOR_DEFAULTS["slurm_time"], type=_typed("--slurm-time", _minutes),
+                   help="slurm: time limit per run, minutes or HH:MM:SS (default 24:00:00); a run reaching it "
+                        "is requeued and continues from its last checkpoint")
+    p.add_argument("--slurm-gpus-per-task", default=EXECUTOR_DEFAULTS["slurm_gpus_per_task"],
+                   type=_typed("--slurm-gpus-per-task", _gpu_count),
+                   help="slurm: GPUs per run (default 1; 0 trains on CPUs)")
+    p.add_argument("--slurm-cpus-per-task", default=EXECUTOR_DEFAULTS["slurm_cpus_per_task"],
+                   type=_typed("--slurm-cpus-per-task", positive_int),
+                   help="slurm: CPUs per run (default 6: 4 loader workers)")
+
+
 def _cpu_policy(args: argparse.Namespace) -> tuple[int, int] | None:
     """(runs in parallel, torch threads per run) for a local grid training on the CPU (cpu.py); None otherwise."""
     from .cpu import available_cores, cpu_policy
@@ -171,9 +132,7 @@ def _cpu_policy(args: argparse.Namespace) -> tuple[int, int] | None:
 
     if args.executor != "local" or args.gpus or resolve_device(args.device).type != "cpu":
         return None
-    workers = _positive_int("--cpu-workers", args.cpu_workers) if args.cpu_workers else None
-    threads = _positive_int("--threads-per-run", args.threads_per_run) if args.threads_per_run else None
-    workers, threads = cpu_policy(args.sam, available_cores(), workers, threads)
+    workers, threads = cpu_policy(args.sam, available_cores(), args.cpu_workers, args.threads_per_run)
     return (1 if args.in_process else workers), threads
 
 
@@ -196,12 +155,10 @@ def _executor(args: argparse.Namespace, cpu: tuple[int, int] | None = None):
     if args.gpus and (args.cpu_workers or args.threads_per_run):
         raise UserError("--cpu-workers / --threads-per-run are for CPU runs; --gpus runs one worker per GPU")
     if args.executor == "ray":
-        return RayExecutor(args.ray_address, _positive_int("--ray-cpus-per-run", args.ray_cpus_per_run))
+        return RayExecutor(args.ray_address, args.ray_cpus_per_run)
     if args.executor == "slurm":
-        gpus = args.slurm_gpus_per_task
-        gpus = 0 if gpus == "0" else _positive_int("--slurm-gpus-per-task", gpus)
-        return SlurmExecutor(Path(args.out) / "slurm", args.slurm_partition, _minutes("--slurm-time", args.slurm_time),
-                             gpus, _positive_int("--slurm-cpus-per-task", args.slurm_cpus_per_task))
+        return SlurmExecutor(args.out / "slurm", args.slurm_partition, args.slurm_time, args.slurm_gpus_per_task,
+                             args.slurm_cpus_per_task)
     if args.gpus:
         return LocalExecutor(gpu_slots(args.gpus), isolate=not args.in_process)
     return LocalExecutor([None] * (cpu[0] if cpu else 1), isolate=not args.in_process, threads=cpu[1] if cpu else None)
@@ -225,14 +182,20 @@ def retry_command(argv: list[str], failed: list[dict], dataset_args: dict[str, s
     return shlex.join(["python", "run_all.py", *kept])
 
 
+def grid_options(args: argparse.Namespace, cpu: tuple[int, int] | None = None) -> GridOptions:
+    """The run command's GridOptions, one field per flag (each converted by argparse); `cpu`: the CPU policy's
+    (runs in parallel, torch threads per run), which replace the flags' (None: not a local CPU grid)."""
+    given = {f.name: value for f in fields(GridOptions) if (value := getattr(args, f.name)) is not None}
+    return GridOptions(**{**given, "cpu_workers": cpu[0] if cpu else None, "threads_per_run": cpu[1] if cpu else None})
+
+
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     from .data import dataset_cards, resolve_dataset
     from .data.validate import screen_card
     from .methods import resolve_methods
-    from .runner import GridOptions, run_grid
+    from .runner import run_grid
     from .sam import load_sam
 
-    seeds = _seeds(args.seeds)  # before the datasets are screened (which decodes every file)
     methods = resolve_methods(args.methods)
     data_root = Path(args.data_root) if args.data_root else None
     if args.datasets is None:
@@ -242,24 +205,12 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         names = [n.strip() for n in args.datasets.split(",") if n.strip()]
         if not names:
             raise UserError("--datasets is empty; give registered names, folders or CSV files")
-        classes = _positive_int("--classes", args.classes) if args.classes is not None else None
-        cards = [resolve_dataset(n, data_root, classes, args.binarize) for n in names]
+        cards = [resolve_dataset(n, data_root, args.classes, args.binarize) for n in names]
     for card in cards:  # bad files stop the grid here, before anything trains, unless --skip-bad
         screen_card(card, args.skip_bad, console)
     dataset_args = {card.name: arg for card, arg in zip(cards, names)}
     cpu = _cpu_policy(args)
-    opts = GridOptions(
-        sam=args.sam, checkpoint=args.checkpoint, device=args.device, out=Path(args.out), seeds=seeds,
-        checkpoint_interval_s=_nonnegative_float("--checkpoint-interval", args.checkpoint_interval),
-        inference=args.inference, eval_resolution=args.eval_resolution, precision=args.precision,
-        attention=args.attention, checkpointing=args.checkpointing, cache_embeddings=not args.no_embedding_cache,
-        optimizer_kernel=args.optimizer_kernel, replace=args.replace, save_adapters=not args.no_save_adapters,
-        tracker=args.tracker, tracker_uri=args.tracker_uri,
-        cpu_workers=cpu[0] if cpu else None, threads_per_run=cpu[1] if cpu else None,
-        epochs=_positive_int("--epochs", args.epochs) if args.epochs is not None else None,
-        batch_size=_positive_int("--batch-size", args.batch_size),
-        micro_batch_size=_positive_int("--micro-batch-size", args.micro_batch_size) if args.micro_batch_size else None,
-    )
+    opts = grid_options(args, cpu)
     if opts.micro_batch_size and opts.batch_size % opts.micro_batch_size:
         raise UserError(f"--micro-batch-size {opts.micro_batch_size} must divide --batch-size {opts.batch_size}")
     executor = _executor(args, cpu)
@@ -323,7 +274,7 @@ def _cmd_prepare(args: argparse.Namespace, console: Console) -> int:
     if args.name not in cards or cards[args.name].source != "prepared":
         real = [n for n, c in cards.items() if c.source == "prepared"]
         raise UserError(f"prepare {args.name!r}: not a registered real dataset; one of {', '.join(real)}")
-    tile = _positive_int("--tile", args.tile) if args.tile is not None else None
+    tile = positive_int("--tile", args.tile) if args.tile is not None else None
     data_root = Path(args.data_root) if args.data_root else None
     prepare(cards[args.name], args.inputs, source=args.source, data_root=data_root, skip_bad=args.skip_bad,
             force=args.force, binarize=args.binarize, tile=tile, console=console)
@@ -353,7 +304,7 @@ def _cmd_predict(args: argparse.Namespace, console: Console) -> int:
     from .predict import predict
 
     done = predict(args.record, args.images, Path(args.out), device=args.device,
-                   batch_size=_positive_int("--batch-size", args.batch_size), overlay=args.overlay,
+                   batch_size=positive_int("--batch-size", args.batch_size), overlay=args.overlay,
                    skip_bad=args.skip_bad, console=console, trust_plugins=args.trust_plugin)
     console.print(f"{len(done['written'])} files written to {args.out}" +
                   (f"; {len(done['skipped'])} unreadable images skipped" if done["skipped"] else ""), markup=False)
@@ -386,13 +337,13 @@ def _cmd_bench(args: argparse.Namespace, console: Console) -> int:
     from .bench import BenchOptions, run_bench, write_bench
 
     opts = BenchOptions(
-        sam=args.sam, methods=args.methods, batch=_positive_int("--batch", args.batch),
-        image_size=_positive_int("--image-size", args.image_size) if args.image_size else None,
+        sam=args.sam, methods=args.methods, batch=positive_int("--batch", args.batch),
+        image_size=positive_int("--image-size", args.image_size) if args.image_size else None,
         precisions=_choices("--precision", args.precision, ["auto", "fp32", "fp16", "bf16"]),
         attentions=_choices("--attention", args.attention, ["original", "sdpa"]),
         checkpointing=tuple(c == "on" for c in _choices("--checkpointing", args.checkpointing, ["off", "on"])),
-        device=args.device, warmup=_positive_int("--warmup", args.warmup),
-        iters=_positive_int("--iters", args.iters), repeats=_positive_int("--repeats", args.repeats), out=Path(args.out),
+        device=args.device, warmup=positive_int("--warmup", args.warmup),
+        iters=positive_int("--iters", args.iters), repeats=positive_int("--repeats", args.repeats), out=Path(args.out),
         one_at_a_time=args.one_at_a_time, optimizer_kernel=args.optimizer_kernel,
     )
     table, meta = run_bench(opts, on_method=lambda name: console.print(f"bench: {name}", style="dim"))
@@ -406,7 +357,7 @@ def _cmd_pretrain_tiny(args: argparse.Namespace, console: Console) -> int:
     from .device import resolve_device
     from .pretrain import PretrainConfig, pretrain, save_pretrained
 
-    steps = {"steps": _positive_int("--steps", args.steps)} if args.steps is not None else {}
+    steps = {"steps": positive_int("--steps", args.steps)} if args.steps is not None else {}
     config = PretrainConfig(seed=args.seed, device=resolve_device(args.device).type, **steps)
     state, summary = pretrain(config, console)
     meta = save_pretrained(state, summary, Path(args.out))
@@ -508,10 +459,10 @@ COMMANDS = {"run": _cmd_run, "prepare": _cmd_prepare, "methods": _cmd_methods, "
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.argv = argv  # for the retry command of failed runs
     console = Console(stderr=False)
     try:
+        args = build_parser().parse_args(argv)  # a flag's converter raises UserError (config.py)
+        args.argv = argv  # for the retry command of failed runs
         if args.command in FOLDER_OUT:
             _check_out(args.out)
         return COMMANDS[args.command](args, console)

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from .config import RunConfig
 from .data import DatasetCard
 from .device import resolve_device
 from .errors import UserError
@@ -71,7 +72,7 @@ class RunTask:
     card: DatasetCard
     method: MethodSpec
     seed: int
-    config: dict  # resolved; its hash decides whether a stored record is still valid
+    config: RunConfig  # resolved; its hash decides whether a stored record is still valid
     out: Path  # absolute, so workers in other folders or on other hosts write to the same place
     cwd: str  # the driver's working directory: relative dataset and checkpoint paths resolve as they did there
     environment: dict  # python, packages, git commit of the driver
@@ -131,9 +132,9 @@ def run_one(task: RunTask, on_step: ProgressCallback | None = None, owner: str |
                 {"config_hash": config_hash(task.config)})
         write_json_atomic(record, {
             "method": task.method.name, "dataset": task.card.name, "seed": task.seed, **result,
-            "config": task.config, "config_hash": config_hash(task.config), "environment": task.environment,
+            "config": task.config.as_dict(), "config_hash": config_hash(task.config), "environment": task.environment,
             "method_info": task.method.info(), "schema": RECORD_SCHEMA,  # beside the config: not in its identity
-            "device": {"type": task.config["device"], "name": result.pop("device_name"),
+            "device": {"type": task.config.device, "name": result.pop("device_name"),
                        "torch_threads": torch.get_num_threads()},
             "wall_time_s": time.time() - start,
         })
@@ -425,7 +426,7 @@ class RayExecutor:
         remote = ray.remote(_ray_task)
         pending = {}
         for task in tasks:
-            gpus = 1 if task.config["device"] == "cuda" else 0
+            gpus = 1 if task.config.device == "cuda" else 0
             pending[remote.options(num_gpus=gpus, num_cpus=self.cpus_per_run).remote(task)] = task
             monitor.started(task)
         try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +14,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .config import GridOptions, RunConfig
 from .data import DatasetCard
 from .data.loading import AUGMENTATION
 from .device import resolve_device, resolve_precision
@@ -38,36 +39,8 @@ from .sam import spec_dict
 if TYPE_CHECKING:
     from .trackers import TrackerSpec
 
-DEFAULTS = {"batch_size": 4, "weight_decay": 1e-4, "grad_clip": 1.0, "patience": 10, "w_seg": 1.0, "w_cls": 1.0}
 
-
-@dataclass
-class GridOptions:
-    sam: str = "tiny"
-    checkpoint: str | None = None
-    device: str = "auto"
-    epochs: int | None = None
-    batch_size: int = DEFAULTS["batch_size"]
-    micro_batch_size: int | None = None  # default: 1 on CUDA (as the Conv-LoRA harness), the whole batch on the CPU
-    precision: str = "auto"  # see device.resolve_precision
-    attention: str = "original"  # or "sdpa"
-    checkpointing: bool = False
-    cache_embeddings: bool = True
-    optimizer_kernel: str = "fused"  # see device.OPTIMIZER_KERNELS
-    inference: str = "auto"  # auto: merge exact merges; merged: also approximate ones; unmerged: never
-    eval_resolution: str = "original"  # test metrics at the label's original size, or "input" (the model's)
-    out: Path = Path("results")
-    replace: bool = False  # retrain runs whose finished record has another config (the old one is moved aside)
-    checkpoint_interval_s: float = 30.0  # mid-run checkpoints: after an epoch, at most this often
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    cpu_workers: int | None = None  # CPU runs: runs in parallel and torch threads per run (see cpu.cpu_policy)
-    threads_per_run: int | None = None
-    save_adapters: bool = True  # keep each tested model's trained state beside its record (runs.py)
-    tracker: str | None = None  # log every run to "tensorboard" or "mlflow" (trackers.py) ...
-    tracker_uri: str | None = None  # ... at this log folder / tracking URI (default: under `out`)
-
-
-def resolve_config(method: MethodSpec, card: DatasetCard, seed: int, opts: GridOptions) -> dict:
+def resolve_config(method: MethodSpec, card: DatasetCard, seed: int, opts: GridOptions) -> RunConfig:
     """Everything that determines a run's numbers; its hash decides whether a stored record is still valid.
     `opts.device` "cpu" or "cuda" is taken as resolved (by an executor, for its workers); "auto" looks here."""
     device = resolve_device(opts.device) if opts.device == "auto" else torch.device(opts.device)
@@ -79,12 +52,13 @@ def resolve_config(method: MethodSpec, card: DatasetCard, seed: int, opts: GridO
     problem = method.build().check_schedule(epochs)
     if problem:  # e.g. a NAS search that would take no step: refuse rather than record a LoRA run under its name
         raise UserError(f"{method.name} on {card.name} with {epochs} epochs: {problem}")
-    return {
-        **DEFAULTS,
+    on_cpu = device.type == "cpu"
+    copied = {f.name: getattr(opts, f.name) for f in fields(RunConfig) if f.name in _GRID_FIELDS}
+    return RunConfig(**{
+        **copied,  # sam, batch_size, inference, eval_resolution and the speed settings, as given
         "method": method.as_dict(),
         "dataset": card.as_dict(),
         "seed": seed,
-        "sam": opts.sam,
         "sam_spec": spec_dict(architecture),
         "checkpoint": checkpoint,
         "checkpoint_sha256": cached_file_sha256(checkpoint) if checkpoint else None,
@@ -94,17 +68,14 @@ def resolve_config(method: MethodSpec, card: DatasetCard, seed: int, opts: GridO
         "augmentation": AUGMENTATION,
         "lr": train.get("lr", card.lr),
         "group_optim": train.get("group_optim", {}),
-        "batch_size": opts.batch_size,
-        "micro_batch_size": opts.micro_batch_size or (1 if device.type == "cuda" else opts.batch_size),
-        "num_workers": 4 if device.type == "cuda" else 0,
-        "inference": opts.inference,
-        "eval_resolution": opts.eval_resolution,
-        # Speed settings (results equal up to float precision; kept in the config for the record):
-        "attention": opts.attention, "checkpointing": opts.checkpointing, "cache_embeddings": opts.cache_embeddings,
-        "optimizer_kernel": opts.optimizer_kernel,
-        "cpu_workers": opts.cpu_workers if device.type == "cpu" else None,
-        "threads_per_run": opts.threads_per_run if device.type == "cpu" else None,
-    }
+        "micro_batch_size": opts.micro_batch_size or (opts.batch_size if on_cpu else 1),
+        "num_workers": 0 if on_cpu else 4,
+        "cpu_workers": opts.cpu_workers if on_cpu else None,
+        "threads_per_run": opts.threads_per_run if on_cpu else None,
+    })
+
+
+_GRID_FIELDS = {f.name for f in fields(GridOptions)}
 
 
 def plan_grid(methods: list[MethodSpec], cards: list[DatasetCard], opts: GridOptions,
@@ -125,7 +96,7 @@ class _GridProgress:
 
     def started(self, task: RunTask):
         bar = self.bars[task.label] = self.progress.add_task(task.label, total=None)
-        epochs = task.config["epochs"]
+        epochs = task.config.epochs
 
         def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
             self.progress.update(bar, total=steps * epochs, completed=epoch * steps + step + 1,
@@ -141,7 +112,7 @@ class _GridProgress:
         self.results.append(result)
 
 
-def keep_records_true(tasks: list[RunTask], opts: GridOptions) -> None:
+def check_existing_records(tasks: list[RunTask], opts: GridOptions) -> None:
     """Before anything trains: an unusable record file stops the grid (it is never silently retrained over), and
     so does a finished record of another config, unless `opts.replace`: then it is moved to
     <out>/replaced/<time>/ (never deleted, its trained state with it) and its run is retrained."""
@@ -198,7 +169,7 @@ def run_grid(methods: list[MethodSpec], cards: list[DatasetCard], opts: GridOpti
 
         tracker = tracker_spec(opts.tracker, opts.tracker_uri, Path(opts.out))
     tasks = plan_grid(methods, cards, replace(opts, device=executor.device_type(opts.device)), tracker)
-    keep_records_true(tasks, opts)
+    check_existing_records(tasks, opts)
     pending = [t for t in tasks if not is_complete(record_path(t.out, t.card.name, t.method.name, t.seed), t.config)]
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TimeRemainingColumn(), console=console)

@@ -2,8 +2,9 @@
 
 AdamW (betas 0.9/0.999, eps 1e-6, weight decay 1e-4 except on biases, norms and other 1-D parameters), batch 4
 (accumulated from micro-batches, 1 image each on CUDA as in that harness), linear decay of the learning rate to 0
-over all steps, gradient-norm clipping at 1.0, random horizontal flip, fp32 on the CPU and fp16 autocast with loss
-scaling on CUDA (or --precision bf16/fp32). After every epoch the validation split is scored;
+over all steps, gradient-norm clipping at 1.0, random horizontal flip, fp32 on the CPU and, on CUDA, bf16 autocast
+where the GPU computes in bf16 natively (A100, H100), else fp16 with loss scaling (V100, the paper's; or --precision
+fp32/fp16/bf16: device.resolve_precision). After every epoch the validation split is scored;
 the weights with the best validation score are the ones tested (the test split never selects anything), among the
 epochs the method allows (NAS-LoRA: those after its search started, so the tested model is a searched one).
 """
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from .config import RunConfig, StepConfig
 from .data import DatasetCard, build_splits
 from .data.files import foreground
 from .device import OPTIMIZER_KERNELS, autocast, resolve_device
@@ -45,10 +47,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(config: dict, card: DatasetCard, method_spec: MethodSpec):
+def build_model(config: RunConfig, card: DatasetCard, method_spec: MethodSpec):
     """SAM -> segmenter -> method attached. Returns (model, method)."""
     pretrained = method_spec.backbone == "pretrained"
-    sam = load_sam(config["sam"], config["checkpoint"]) if pretrained else random_sam(config["sam"])
+    sam = load_sam(config.sam, config.checkpoint) if pretrained else random_sam(config.sam)
     model = SamSegmenter(sam, card.num_classes)
     method = method_spec.build()
     method.attach(model)
@@ -62,13 +64,14 @@ def count_params(model: torch.nn.Module, sam_name: str) -> dict:
     return {"trainable": trainable, "total": total, "sam_total": official, "ratio_percent": 100.0 * trainable / official}
 
 
-def _optimizer(params: list[torch.nn.Parameter], own: dict, config: dict, lr_scale: float) -> torch.optim.Optimizer:
+def _optimizer(params: list[torch.nn.Parameter], own: dict, config: StepConfig,
+               lr_scale: float) -> torch.optim.Optimizer:
     """The harness's AdamW (no weight decay on 1-D parameters), or what a method's TOML gives its group
     (`[train.group_optim.<group>]`: optimizer, lr, weight_decay, betas); the learning rate times `lr_scale` (the
     method's schedule, e.g. NAS-LoRA's search budget, and its `lr_multipliers`, e.g. LoRA+'s B at 16x)."""
-    wd = own.get("weight_decay", config["weight_decay"])
-    kwargs = {"lr": own.get("lr", config["lr"]) * lr_scale, "betas": tuple(own.get("betas", (0.9, 0.999))),
-              "eps": 1e-6, **OPTIMIZER_KERNELS[config["optimizer_kernel"]]}
+    wd = own.get("weight_decay", config.weight_decay)
+    kwargs = {"lr": own.get("lr", config.lr) * lr_scale, "betas": tuple(own.get("betas", (0.9, 0.999))),
+              "eps": 1e-6, **OPTIMIZER_KERNELS[config.optimizer_kernel]}
     if own.get("optimizer", "adamw") == "adam":  # L2 weight decay on every parameter, as PC-DARTS' architect
         return torch.optim.Adam(params, weight_decay=wd, **kwargs)
     return torch.optim.AdamW([{"params": [p for p in params if p.ndim > 1], "weight_decay": wd},
@@ -86,10 +89,10 @@ class Optimization:
     step of one group (NAS-LoRA's architecture step) neither computes nor applies gradients of the rest.
     """
 
-    def __init__(self, groups: dict[str, list[torch.nn.Parameter]], config: dict, total_steps: int,
+    def __init__(self, groups: dict[str, list[torch.nn.Parameter]], config: StepConfig, total_steps: int,
                  device: torch.device, lr_scale: dict[str, float] | None = None) -> None:
-        self.groups, self.grad_clip = groups, config["grad_clip"]
-        own, lr_scale = config["group_optim"], lr_scale or {}
+        self.groups, self.grad_clip = groups, config.grad_clip
+        own, lr_scale = config.group_optim, lr_scale or {}
         unknown = set(lr_scale) - set(groups)
         if unknown:
             raise ValueError(f"learning-rate factors for groups {sorted(unknown)} the method does not have "
@@ -103,7 +106,7 @@ class Optimization:
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(
             opt, _constant if own.get(name, {}).get("schedule") == "constant" else linear)
             for name, opt in self.optimizers.items()}
-        self.scaler = torch.amp.GradScaler(device.type, enabled=config["precision"] == "fp16")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
 
     def state_dict(self) -> dict:
         return {"optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
@@ -143,12 +146,12 @@ class Optimization:
                 self.schedulers[name].step()
 
 
-def optimization_for(method: Method, groups: dict[str, list[torch.nn.Parameter]], config: dict,
+def optimization_for(method: Method, groups: dict[str, list[torch.nn.Parameter]], config: StepConfig,
                      steps_per_epoch: int, device: torch.device) -> tuple[Optimization, dict]:
-    """The method's optimizers for a run of config["epochs"]: its schedule resolved (e.g. NAS-LoRA's architecture
+    """The method's optimizers for a run of config.epochs: its schedule resolved (e.g. NAS-LoRA's architecture
     start and budget) and each group's learning rate scaled by the schedule and by the method's `lr_multipliers`.
     Returns (optimization, the schedule as the record stores it, with the learning rate each group starts at)."""
-    epochs = config["epochs"]
+    epochs = config.epochs
     schedule = method.schedule(epochs, steps_per_epoch)
     factors = dict(schedule.get("lr_scale", {}))
     for name, multiple in method.lr_multipliers().items():
@@ -159,9 +162,9 @@ def optimization_for(method: Method, groups: dict[str, list[torch.nn.Parameter]]
 
 
 def training_loss(model: SamSegmenter, method: Method, x: torch.Tensor, y: torch.Tensor, card: DatasetCard,
-                  config: dict, device: torch.device) -> torch.Tensor:
+                  config: StepConfig, device: torch.device) -> torch.Tensor:
     """Task loss plus the method's extra loss, under the run's precision."""
-    with autocast(device, config["precision"]):
+    with autocast(device, config.precision):
         loss = task_loss(model(x), y, card, config)
         extra = method.extra_loss(model)
     return loss if extra is None else loss + extra
@@ -181,7 +184,7 @@ class StepPass:
 
 
 def train_step(model: SamSegmenter, method: Method, optimization: Optimization, batch: list[tuple],
-               plan: list[list[str]], card: DatasetCard, config: dict, device: torch.device,
+               plan: list[list[str]], card: DatasetCard, config: StepConfig, device: torch.device,
                step: int = 0, total_steps: int = 1, keyed: Callable | None = None,
                on_pass: Callable[[StepPass], None] | None = None, read_losses: bool = True) -> list[StepPass]:
     """The training step, the same for the trainer, `peftbench bench` and the loader benchmark.
@@ -223,10 +226,10 @@ def train_step(model: SamSegmenter, method: Method, optimization: Optimization, 
 BINARY_LOSSES = {"bce_dice": bce_dice, "structure_loss": structure_loss, "balanced_bce": balanced_bce}
 
 
-def task_loss(out: dict, label: torch.Tensor, card: DatasetCard, config: dict) -> torch.Tensor:
+def task_loss(out: dict, label: torch.Tensor, card: DatasetCard, config: StepConfig) -> torch.Tensor:
     if card.kind == "binary":
         return BINARY_LOSSES[card.loss](out["mask_logits"][:, 0].float(), label)
-    return multiclass_loss({k: v.float() for k, v in out.items()}, label, config["w_seg"], config["w_cls"])
+    return multiclass_loss({k: v.float() for k, v in out.items()}, label, config.w_seg, config.w_cls)
 
 
 RESOLUTIONS = {"original": "the label's original resolution (prediction bilinear-resized to it)",
@@ -360,13 +363,13 @@ class TrainState:
         else:
             self.stale += 1
 
-    def save(self, path: Path, config: dict, model: torch.nn.Module, optimization: Optimization,
+    def save(self, path: Path, config: RunConfig, model: torch.nn.Module, optimization: Optimization,
              loader_gen: torch.Generator, lock: Path | None) -> None:
         save_checkpoint(path, {"config_hash": config_hash(config), "model": trainable_state(model),
                                "optimization": optimization.state_dict(), "rng": rng_state(loader_gen),
                                **{name: getattr(self, name) for name in self.FIELDS}}, lock)
 
-    def resume(self, path: Path, config: dict, model: torch.nn.Module, optimization: Optimization,
+    def resume(self, path: Path, config: RunConfig, model: torch.nn.Module, optimization: Optimization,
                loader_gen: torch.Generator) -> None:
         """Continue from the checkpoint at `path` if it belongs to this config (else start over)."""
         saved = load_checkpoint(path, config_hash(config))
@@ -378,16 +381,16 @@ class TrainState:
                 setattr(self, name, saved[name])
 
 
-def _loaders(card: DatasetCard, config: dict, img_size: int, device: torch.device) -> tuple:
+def _loaders(card: DatasetCard, config: RunConfig, img_size: int, device: torch.device) -> tuple:
     """(the splits, the training loader of micro-batches, {split: evaluation loader}, the data-order generator)."""
     splits = build_splits(card, img_size, keys=True)
-    loader_gen = torch.Generator().manual_seed(config["seed"])
-    workers = config["num_workers"]
+    loader_gen = torch.Generator().manual_seed(config.seed)
+    workers = config.num_workers
     # Persistent workers keep their decoded-image caches across epochs.
     loader_args = {"num_workers": workers, "pin_memory": device.type == "cuda", "persistent_workers": workers > 0}
-    train_loader = splits["train"].loader(config["micro_batch_size"], shuffle=True, generator=loader_gen,
+    train_loader = splits["train"].loader(config.micro_batch_size, shuffle=True, generator=loader_gen,
                                           **loader_args)
-    evals = {split: data.loader(config["batch_size"], **loader_args) for split, data in splits.items()
+    evals = {split: data.loader(config.batch_size, **loader_args) for split, data in splits.items()
              if split != "train"}
     return splits, train_loader, evals, loader_gen
 
@@ -432,7 +435,7 @@ def _log_pass(log: TrainLog, step: int, p: StepPass) -> None:
                     **{f"lr/{name}": lr for name, lr in p.lrs.items()}})
 
 
-def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step: StepCallback | None = None,
+def train_run(config: RunConfig, card: DatasetCard, method_spec: MethodSpec, on_step: StepCallback | None = None,
               checkpoint: Path | None = None, lock: Path | None = None, checkpoint_interval_s: float = 0.0,
               log: TrainLog | None = None) -> dict:
     """Train, select on validation, test. Returns the record fields metrics, per_image, params, timing, history,
@@ -442,23 +445,23 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
     sub-second CPU epochs do not spend their time writing) and a run finding one continues from it. `log`: an
     experiment tracker's run, told the config, every step's loss and learning rates and every epoch's validation.
     """
-    device = resolve_device(config["device"])
-    seed_everything(config["seed"])
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
     model, method = build_model(config, card, method_spec)
     model.to(device)
-    params = count_params(model, config["sam"])
+    params = count_params(model, config.sam)
     log = log or NoLog()
-    log.config(config, params)
-    if config["attention"] == "sdpa":
+    log.config(config.as_dict(), params)
+    if config.attention == "sdpa":
         use_sdpa(model)
-    if config["checkpointing"]:
+    if config.checkpointing:
         checkpoint_blocks(model)
-    keyed, release_cache = embedding_cache(model, config["cache_embeddings"])  # decoder-only: embed each input once
+    keyed, release_cache = embedding_cache(model, config.cache_embeddings)  # decoder-only: embed each input once
     splits, train_loader, eval_loaders, loader_gen = _loaders(card, config, model.img_size, device)
 
     # Gradient accumulation: micro-batches of `micro_batch_size` images, one optimizer step per `batch_size` images
     # (the Conv-LoRA harness trains with per-GPU batch 1 x 4 accumulation; its Table 5 "iter" is one micro-batch).
-    accumulate = config["batch_size"] // config["micro_batch_size"]
+    accumulate = config.batch_size // config.micro_batch_size
     steps_per_epoch = -(-len(train_loader) // accumulate)
     groups = method.parameter_groups(model)
     optimization, schedule = optimization_for(method, groups, config, steps_per_epoch, device)
@@ -469,8 +472,8 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
     if checkpoint:
         state.resume(checkpoint, config, model, optimization, loader_gen)
     last_save = time.monotonic()
-    for epoch in range(len(state.history), config["epochs"]):
-        if state.stale >= config["patience"]:
+    for epoch in range(len(state.history), config.epochs):
+        if state.stale >= config.patience:
             break
         epoch_start, passes = time.perf_counter(), []
         for step, batch in enumerate(_batches(train_loader, accumulate)):
@@ -483,13 +486,13 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
 
             try:
                 train_step(model, method, optimization, batch, method.step_plan(epoch, step) or [list(groups)], card,
-                           config, device, epoch * steps_per_epoch + step, steps_per_epoch * config["epochs"],
+                           config, device, epoch * steps_per_epoch + step, steps_per_epoch * config.epochs,
                            keyed("train"), done)
             except FloatingPointError as err:
                 raise FloatingPointError(f"{err} at epoch {epoch + 1}, step {step + 1} ({method_spec.name} on "
-                                         f"{card.name}, seed {config['seed']})") from None
-        val_metrics, _, _ = evaluate(model, eval_loaders["val"], card, device, config["precision"], keyed("val"),
-                                     config["eval_resolution"], names=[card.select_metric])
+                                         f"{card.name}, seed {config.seed})") from None
+        val_metrics, _, _ = evaluate(model, eval_loaders["val"], card, device, config.precision, keyed("val"),
+                                     config.eval_resolution, names=[card.select_metric])
         losses = [loss for p in passes for loss in p.losses]
         state.history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val": val_metrics,
                               "train_s": time.perf_counter() - epoch_start,
@@ -513,15 +516,15 @@ def train_run(config: dict, card: DatasetCard, method_spec: MethodSpec, on_step:
         "excluded_pairs": len(card.excluded),  # bad pairs left out with --skip-bad (listed in config.dataset)
         "selection": {"metric": card.select_metric, "split": "val", "best_epoch": state.best_epoch,
                       "best_score": state.best_score,
-                      "first_selectable_epoch": next(e for e in range(config["epochs"]) if method.selectable(e))},
+                      "first_selectable_epoch": next(e for e in range(config.epochs) if method.selectable(e))},
         "history": state.history, "milestones": method.milestones(), "statistics": statistics, "schedule": schedule,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "trained_state": state.best_state,
     }
 
 
-def test_run(model: SamSegmenter, method: Method, splits: dict, eval_loaders: dict, card: DatasetCard, config: dict,
-             device: torch.device) -> dict:
+def test_run(model: SamSegmenter, method: Method, splits: dict, eval_loaders: dict, card: DatasetCard,
+             config: RunConfig, device: torch.device) -> dict:
     """Test the selected weights on every test set: merged where the merge is exact (unless --inference unmerged);
     an approximate merge is tested both ways and the gap recorded. Returns the record fields metrics, per_image,
     merge, metric_definitions and timing (inference)."""
@@ -530,32 +533,32 @@ def test_run(model: SamSegmenter, method: Method, splits: dict, eval_loaders: di
         for split in sorted(s for s in splits if s.startswith("test")):
             name = split.partition(":")[2] or "test"
             metrics[name], per_image[name], split_ips = evaluate(
-                model, eval_loaders[split], card, device, config["precision"], resolution=config["eval_resolution"])
+                model, eval_loaders[split], card, device, config.precision, resolution=config.eval_resolution)
             ips.append(split_ips)
         return metrics, per_image, float(np.mean(ips))
 
     probe = next(iter(eval_loaders[min(s for s in splits if s.startswith("test"))]))[0].to(device)
-    merge = {"kind": method.merge_kind, "inference": config["inference"]}
-    if method.merge_kind == "exact" and config["inference"] != "unmerged":
-        merge.update(merge_gap(model, method, probe, device, config["precision"]))
+    merge = {"kind": method.merge_kind, "inference": config.inference}
+    if method.merge_kind == "exact" and config.inference != "unmerged":
+        merge.update(merge_gap(model, method, probe, device, config.precision))
         metrics, per_image, infer_ips = test()
         inference_model = "merged"
     else:
         metrics, per_image, infer_ips = test()
         inference_model = "unmerged"
-        if method.merge_kind == "approximate" and config["inference"] != "unmerged":
+        if method.merge_kind == "approximate" and config.inference != "unmerged":
             # The merge is not exact: evaluate both models and keep the gap in the record.
-            merge.update(merge_gap(model, method, probe, device, config["precision"]))
+            merge.update(merge_gap(model, method, probe, device, config.precision))
             merged_metrics, merged_per_image, merged_ips = test()
             merge.update(metrics=merged_metrics, infer_img_per_s=merged_ips, metric_delta={
                 t: {m: merged_metrics[t][m] - v for m, v in values.items()} for t, values in metrics.items()})
-            if config["inference"] == "merged":
+            if config.inference == "merged":
                 metrics, per_image, infer_ips, inference_model = merged_metrics, merged_per_image, merged_ips, "merged"
     merge["evaluated_model"] = inference_model
     return {
         "metrics": metrics, "per_image": per_image, "merge": merge,
         "metric_definitions": provenance(list(metrics[next(iter(metrics))]), card.kind, card.multiclass_protocol,
-                                         RESOLUTIONS[config["eval_resolution"]].format(size=model.img_size),
+                                         RESOLUTIONS[config.eval_resolution].format(size=model.img_size),
                                          card.f_beta2),
         "timing": {"infer_img_per_s": infer_ips, "inference_model": inference_model},
     }

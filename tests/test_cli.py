@@ -148,9 +148,9 @@ def test_nas_run_records_its_operation_distribution_and_draws_the_figures(tmp_pa
 
 
 def test_seeds_are_non_negative_integers_and_a_repeated_one_runs_once(tmp_path, capsys):
-    from peftbench.cli import _seeds
+    from peftbench.config import seed_list
 
-    assert _seeds("2,0,2,1,0") == [2, 0, 1]
+    assert seed_list("--seeds", "2,0,2,1,0") == [2, 0, 1]
     for value, message in (("-1", "each seed must be a non-negative integer, not -1"),
                            ("0,4294967296", "seed 4294967296 is too large")):
         assert run([*QUICK[:4], "--seeds", value, *QUICK[6:]], tmp_path) == 2

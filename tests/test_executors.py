@@ -91,7 +91,7 @@ def crash_lora(task, on_step=None, owner=None):
 
 
 def crash(task, on_step=None, owner=None):
-    kind = task.config["method"]["name"]
+    kind = task.config.method["name"]
     claim(task.path("locks", ".lock"))  # as run_one would: the dead child leaves its lock behind
     if kind == "lora":
         os.kill(os.getpid(), signal.SIGSEGV)
@@ -178,7 +178,7 @@ def test_the_printed_retry_command_reruns_only_the_failed_run(tmp_path, monkeypa
     real = peftbench.executors.train_run
 
     def broken_for_lora(config, *args, **kwargs):
-        if config["method"]["name"] == "lora":
+        if config.method["name"] == "lora":
             raise RuntimeError("broken on purpose")
         return real(config, *args, **kwargs)
 

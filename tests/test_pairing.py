@@ -39,7 +39,7 @@ def training_inputs(monkeypatch, method: str, workers: int = 0) -> list[list[int
     monkeypatch.setattr(train, "embedding_cache", spying_cache)
     monkeypatch.setattr(train.Optimization, "set_trainable", spying_set_trainable)
     spec = method_specs()[method]
-    config = {**resolve_config(spec, CARD, 0, GridOptions(device="cpu", epochs=2)), "num_workers": workers}
+    config = dataclasses.replace(resolve_config(spec, CARD, 0, GridOptions(device="cpu", epochs=2)), num_workers=workers)
     train.train_run(config, CARD, spec)
     return seen
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from peftbench.cli import main
+from peftbench.config import StepConfig
 from peftbench.methods import method_specs
 from peftbench.records import record_path
 from peftbench.speed import checkpoint_blocks, use_sdpa
@@ -90,8 +91,8 @@ def test_optimizer_kernels_take_the_same_steps():
         torch.manual_seed(0)
         groups = {"weights": [torch.nn.Parameter(torch.randn(8, 8)), torch.nn.Parameter(torch.randn(8))],
                   "arch": [torch.nn.Parameter(torch.randn(3))]}
-        config = {"lr": 1e-2, "weight_decay": 1e-4, "grad_clip": 1.0, "precision": "fp32", "optimizer_kernel": kernel,
-                  "group_optim": {"arch": {"optimizer": "adam", "weight_decay": 1e-3}}}
+        config = StepConfig(lr=1e-2, epochs=1, precision="fp32", optimizer_kernel=kernel,
+                            group_optim={"arch": {"optimizer": "adam", "weight_decay": 1e-3}})
         optimization = Optimization(groups, config, total_steps=20, device=torch.device("cpu"))
         params = [p for ps in groups.values() for p in ps]
         for step in range(steps):
