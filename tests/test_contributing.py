@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 import peftbench
+from peftbench.config import StepConfig
 from peftbench.data import build_splits, dataset_cards, resolve_dataset
 from peftbench.errors import UserError
 from peftbench.methods import Method, get_method, method_specs, resolve_methods
 from peftbench.methods.lora import LoRALinear
 from peftbench.methods.ssf import ScaleShiftLinear
-from peftbench.runner import DEFAULTS
 from peftbench.train import optimization_for, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,8 +136,8 @@ def _tiny_run(tiny_segmenter, spec, card_name="synth_leaf"):
     model = tiny_segmenter(card.num_classes)
     method = spec.build()
     method.attach(model)
-    config = {**DEFAULTS, "lr": 1e-3, "group_optim": spec.train.get("group_optim", {}), "epochs": 2,
-              "precision": "fp32", "optimizer_kernel": "fused"}
+    config = StepConfig(lr=1e-3, group_optim=spec.train.get("group_optim", {}), epochs=2, precision="fp32",
+                        optimizer_kernel="fused")
     groups = method.parameter_groups(model)
     optimization, schedule = optimization_for(method, groups, config, steps_per_epoch=2, device=torch.device("cpu"))
     data = build_splits(card, model.img_size, keys=True)["train"]
