@@ -1,4 +1,4 @@
-"""The CPU execution policy (peftbench/cpu.py) measured: grid wall time on a quiet machine and beside one competing
+"""The CPU execution policy (peftbench/grid/cpu.py) measured: grid wall time on a quiet machine and beside one competing
 single-threaded CPU-bound process, with the policy (the default) and as peftbench ran before it (one run at a time
 on every core, OpenMP's default wait policy), all in one go, each grid in a fresh results folder.
 
@@ -20,8 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from peftbench.cpu import available_cores
-from peftbench.records import environment, write_json_atomic, write_text_atomic
+from peftbench.grid.cpu import available_cores
+from peftbench.store.atomic import write_json_atomic, write_text_atomic
+from peftbench.store.environment import environment
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--methods", "decoder_only,lora", "--datasets", "synth_leaf", "--seeds", "0,1", "--epochs", "4"]

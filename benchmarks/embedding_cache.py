@@ -22,20 +22,21 @@ import torch
 
 from peftbench.data import resolve_dataset
 from peftbench.data.loading import build_splits
-from peftbench.device import resolve_device
+from peftbench.grid.runner import GridOptions, resolve_config
 from peftbench.methods import get_method
-from peftbench.records import environment
-from peftbench.runner import GridOptions, resolve_config
-from peftbench.train import build_model, train_run
+from peftbench.store.environment import environment
+from peftbench.training.config import RunConfig
+from peftbench.training.device import resolve_device
+from peftbench.training.train import build_model, train_run
 
 
-def encoder_epoch_s(config: dict, card, spec) -> float:
+def encoder_epoch_s(config: RunConfig, card, spec) -> float:
     """Seconds the frozen encoder's forward pass takes over one epoch of training batches (median of 3)."""
-    device = resolve_device(config["device"])
+    device = resolve_device(config.device)
     model, _ = build_model(config, card, spec)
     encoder = model.image_encoder.to(device).eval()
     train = build_splits(card, model.img_size)["train"]
-    batches = [x.to(device) for x, _ in train.loader(config["micro_batch_size"], generator=torch.Generator().manual_seed(0))]
+    batches = [x.to(device) for x, _ in train.loader(config.micro_batch_size, generator=torch.Generator().manual_seed(0))]
     runs = []
     with torch.no_grad():
         for _ in range(4):  # the first is a warm-up
@@ -63,8 +64,8 @@ def main() -> None:
     opts = GridOptions(sam=args.sam, device=args.device, epochs=args.epochs)
     runs = {}
     for cached in (True, False):
-        config = resolve_config(spec, card, 0, replace(opts, cache_embeddings=cached))
-        config["patience"] = args.epochs  # every epoch runs in both
+        config = replace(resolve_config(spec, card, 0, replace(opts, cache_embeddings=cached)),
+                         patience=args.epochs)  # every epoch runs in both
         start = time.perf_counter()
         result = train_run(config, card, spec)
         runs["cached" if cached else "uncached"] = {
@@ -78,8 +79,8 @@ def main() -> None:
     median = {k: statistics.median(r["epoch_train_s"][args.from_epoch - 1:]) for k, r in runs.items()}
     encoder_s = encoder_epoch_s(config, card, spec)
     result = {
-        "dataset": card.name, "method": spec.name, "sam": args.sam, "device": config["device"],
-        "batch": config["batch_size"], "train_images": card.splits.get("train"), "epochs": args.epochs,
+        "dataset": card.name, "method": spec.name, "sam": args.sam, "device": config.device,
+        "batch": config.batch_size, "train_images": card.splits.get("train"), "epochs": args.epochs,
         "compared_epochs": f"{args.from_epoch}-{args.epochs}", "runs": runs,
         "cached_epoch_s": median["cached"], "uncached_epoch_s": median["uncached"],
         "speedup": median["uncached"] / median["cached"],
@@ -87,10 +88,10 @@ def main() -> None:
         "encoder_forward_share": encoder_s / median["uncached"],
         "max_test_metric_difference": gap, "environment": environment(),
     }
-    out = Path(args.out) / f"embedding_cache_{card.name}_{args.sam}_{config['device']}.json"
+    out = Path(args.out) / f"embedding_cache_{card.name}_{args.sam}_{config.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    print(f"{card.name} / {spec.name} / SAM {args.sam} on {config['device']}: epoch {median['uncached']:.3f} s "
+    print(f"{card.name} / {spec.name} / SAM {args.sam} on {config.device}: epoch {median['uncached']:.3f} s "
           f"uncached, {median['cached']:.3f} s cached: {result['speedup']:.2f}x (the encoder's forward alone: "
           f"{encoder_s:.3f} s/epoch, {100 * result['encoder_forward_share']:.0f}% of an uncached epoch); "
           f"test metrics equal within {gap:.1g} -> {out}")

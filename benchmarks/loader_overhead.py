@@ -26,12 +26,12 @@ from PIL import Image
 
 from peftbench.data import resolve_dataset
 from peftbench.data.loading import build_splits
-from peftbench.device import resolve_device
+from peftbench.grid.runner import GridOptions, resolve_config
 from peftbench.methods import get_method
-from peftbench.records import environment
-from peftbench.runner import GridOptions, resolve_config
-from peftbench.speed import CachedEncoder, embedding_cache
-from peftbench.train import build_model, optimization_for, seed_everything, train_step
+from peftbench.store.environment import environment
+from peftbench.training.device import resolve_device
+from peftbench.training.speed import CachedEncoder, embedding_cache
+from peftbench.training.train import build_model, optimization_for, seed_everything, train_step
 
 
 def write_as_files(card, size: int, folder: Path) -> Path:
@@ -79,15 +79,15 @@ def main() -> None:
 
 def measure(card, spec, args) -> dict:
     config = resolve_config(spec, card, 0, GridOptions(device=args.device))
-    device = resolve_device(config["device"])
+    device = resolve_device(config.device)
     seed_everything(0)
     model, method = build_model(config, card, spec)
     model.to(device).train()
-    keyed, _ = embedding_cache(model, config["cache_embeddings"])
+    keyed, _ = embedding_cache(model, config.cache_embeddings)
     cached = keyed("train")
     data = build_splits(card, model.img_size, keys=True)["train"]
-    workers = config["num_workers"]
-    loader = data.loader(config["batch_size"], shuffle=True, generator=torch.Generator().manual_seed(0),
+    workers = config.num_workers
+    loader = data.loader(config.batch_size, shuffle=True, generator=torch.Generator().manual_seed(0),
                          num_workers=workers, pin_memory=device.type == "cuda",
                          persistent_workers=workers > 0)
     groups = method.parameter_groups(model)
@@ -97,7 +97,7 @@ def measure(card, spec, args) -> dict:
     def step(x: torch.Tensor, y: torch.Tensor, keys: torch.Tensor, index: int) -> None:
         """The trainer's step on one batch, with the method's step plan of the same epoch of a run (capped at the
         run's last epoch: NAS-LoRA's search phase once its start is passed)."""
-        epoch_index = min(epochs_done[0], config["epochs"] - 1)
+        epoch_index = min(epochs_done[0], config.epochs - 1)
         plan = method.step_plan(epoch_index, index) or [list(groups)]
         train_step(model, method, optimization, [(x, y, keys)], plan, card, config, device, keyed=cached)
 
@@ -135,7 +135,7 @@ def measure(card, spec, args) -> dict:
         epoch(timed=True)
     loader_ms, memory_ms = (np.array(times[k]) for k in ("loader", "memory"))
     result = {
-        "dataset": card.name, "method": spec.name, "device": device.type, "batch": config["batch_size"],
+        "dataset": card.name, "method": spec.name, "device": device.type, "batch": config.batch_size,
         "workers": workers, "train_images": len(data), "image_files": card.source != "synthetic",
         "embedding_cache": store is not None, "warmup_epochs": warmup, "timed_epochs": args.epochs,
         "paired_steps": len(loader_ms), "loader_ms_per_step": loader_ms.mean(), "in_memory_ms_per_step": memory_ms.mean(),

@@ -30,7 +30,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from peftbench.bench import BenchOptions, Setting, Subject
 from peftbench.methods import resolve_methods
-from peftbench.records import environment
+from peftbench.store.environment import environment
 
 
 class LiveBytes(TorchDispatchMode):

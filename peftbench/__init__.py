@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 
 # Idle OpenMP threads sleep instead of spinning (read once, when torch loads: so before any torch import, which
 # the lazy attributes below guarantee: nothing here imports torch, and every peftbench module runs this first).
-# Spinning threads steal the cores of parallel runs and of other users of a shared machine (peftbench/cpu.py).
+# Spinning threads steal the cores of parallel runs and of other users of a shared machine (peftbench/grid/cpu.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 if TYPE_CHECKING:  # for type checkers and editors; never runs
     from .data import dataset_cards
     from .methods import adapt, method_specs
-    from .runs import load_run
+    from .training.runs import load_run
 
 __all__ = ["adapt", "dataset_cards", "load_run", "method_specs"]
 __version__ = "0.1.0"
@@ -35,7 +35,7 @@ def __getattr__(name: str):
     elif name == "method_specs":
         from .methods import method_specs as value
     elif name == "load_run":
-        from .runs import load_run as value
+        from .training.runs import load_run as value
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value

@@ -20,15 +20,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .config import StepConfig
+from .backbone.sam import SAM_SPECS, build_sam
+from .backbone.segmenter import SamSegmenter
 from .data.cards import DatasetCard
-from .device import autocast, resolve_device, resolve_precision
 from .methods import MethodSpec, resolve_methods
-from .records import environment, write_csv_atomic, write_json_atomic, write_text_atomic
-from .sam import SAM_SPECS, build_sam
-from .segmenter import SamSegmenter
-from .speed import checkpoint_blocks, embedding_cache, encoder_is_frozen, use_sdpa
-from .train import optimization_for, train_step
+from .store.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
+from .store.environment import environment
+from .training.config import StepConfig
+from .training.device import autocast, resolve_device, resolve_precision
+from .training.speed import checkpoint_blocks, embedding_cache, encoder_is_frozen, use_sdpa
+from .training.train import optimization_for, train_step
 
 BINARY = DatasetCard(name="random", kind="binary", source="bench", description="random inputs", num_classes=1,
                      metrics=["iou"], select_metric="iou")

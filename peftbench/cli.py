@@ -12,9 +12,9 @@ from typing import Literal, get_args, get_origin, get_type_hints
 
 from rich.console import Console
 
-from .config import GridOptions, SamName, positive_int
 from .errors import UserError
-from .records import WRITE_ERRORS
+from .store.atomic import WRITE_ERRORS
+from .training.config import GridOptions, SamName, positive_int
 
 SAM_NAMES = list(get_args(SamName))
 
@@ -127,8 +127,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 def _cpu_policy(args: argparse.Namespace) -> tuple[int, int] | None:
     """(runs in parallel, torch threads per run) for a local grid training on the CPU (cpu.py); None otherwise."""
-    from .cpu import available_cores, cpu_policy
-    from .device import resolve_device
+    from .grid.cpu import available_cores, cpu_policy
+    from .training.device import resolve_device
 
     if args.executor != "local" or args.gpus or resolve_device(args.device).type != "cpu":
         return None
@@ -137,7 +137,7 @@ def _cpu_policy(args: argparse.Namespace) -> tuple[int, int] | None:
 
 
 def _executor(args: argparse.Namespace, cpu: tuple[int, int] | None = None):
-    from .executors import LocalExecutor, RayExecutor, SlurmExecutor, gpu_slots
+    from .grid.executors import LocalExecutor, RayExecutor, SlurmExecutor, gpu_slots
 
     local_only = [flag for flag, given in (("--gpus", args.gpus), ("--in-process", args.in_process),
                                            ("--cpu-workers", args.cpu_workers),
@@ -190,11 +190,11 @@ def grid_options(args: argparse.Namespace, cpu: tuple[int, int] | None = None) -
 
 
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from .backbone.sam import load_sam
     from .data import dataset_cards, resolve_dataset
     from .data.validate import screen_card
+    from .grid.runner import run_grid
     from .methods import resolve_methods
-    from .runner import run_grid
-    from .sam import load_sam
 
     methods = resolve_methods(args.methods)
     data_root = Path(args.data_root) if args.data_root else None
@@ -354,8 +354,8 @@ def _cmd_bench(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_pretrain_tiny(args: argparse.Namespace, console: Console) -> int:
-    from .device import resolve_device
     from .pretrain import PretrainConfig, pretrain, save_pretrained
+    from .training.device import resolve_device
 
     steps = {"steps": positive_int("--steps", args.steps)} if args.steps is not None else {}
     config = PretrainConfig(seed=args.seed, device=resolve_device(args.device).type, **steps)

@@ -26,13 +26,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .backbone.sam import OFFICIAL_CHECKPOINTS
 from .errors import UserError
 from .methods.dora import DoRA, DoRALinear
 from .methods.lora import LoRA, LoRALinear
 from .methods.vera import VeRA, VeRALinear
-from .records import atomic_output, file_mode, locked_temporary, write_json_atomic, write_text_atomic, writing
-from .runs import Trust, base_sam, check_plugin, load_run, method_of, read_run, trained_state_file
-from .sam import OFFICIAL_CHECKPOINTS
+from .store.atomic import atomic_output, file_mode, locked_temporary, write_json_atomic, write_text_atomic, writing
+from .training.runs import Trust, base_sam, check_plugin, load_run, method_of, read_run, trained_state_file
 
 FORMATS = ("state", "peft", "sam")
 DECODER_NOTE = """\
@@ -200,7 +200,7 @@ def _sam(record_file: Path, record: dict, out: Path, checkpoint) -> list[Path]:
                       f"Load it with segment-anything:\n\n```python\nfrom segment_anything import sam_model_registry\n"
                       f"sam = sam_model_registry[{arch!r}](checkpoint={target.name!r})\n```\n\n"
                       + DECODER_NOTE.format(size=model.img_size) + "\npeftbench reads it back as the tested model "
-                      "(same outputs) with `peftbench.segmenter.SamSegmenter(sam)`.\n")
+                      "(same outputs) with `peftbench.backbone.segmenter.SamSegmenter(sam)`.\n")
     write_json_atomic(out / "peftbench_export.json", {"record": str(record_file), "format": "sam", "architecture": arch,
                                                       "method": record["config"]["method"], "merge": record.get("merge"),
                                                       "metrics": record.get("metrics")})

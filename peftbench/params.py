@@ -5,10 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from .backbone.sam import build_sam
+from .backbone.segmenter import SamSegmenter
 from .methods import resolve_methods
-from .sam import build_sam
-from .segmenter import SamSegmenter
-from .train import count_params
+from .training.train import count_params
 
 
 def method_params(sam_name: str, method_name: str, num_classes: int = 1) -> dict:

@@ -16,15 +16,15 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .backbone.segmenter import SamSegmenter
 from .data.files import IMAGE_SUFFIXES
 from .data.layouts import image_files
-from .device import resolve_device
 from .errors import UserError
-from .inference import decode, predict_masks
-from .records import atomic_output
 from .report.colours import overlay_image
-from .runs import Trust, check_plugin, load_run, read_run
-from .segmenter import SamSegmenter
+from .store.atomic import atomic_output
+from .training.device import resolve_device
+from .training.inference import decode, predict_masks
+from .training.runs import Trust, check_plugin, load_run, read_run
 
 
 def image_paths(images: Sequence[str | Path]) -> list[Path]:

@@ -29,12 +29,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from segment_anything.modeling import Sam
 
+from .backbone.sam import load_sam
+from .backbone.segmenter import SamSegmenter, normalise
 from .data.corpus import iter_corpus
-from .hashing import file_sha256
-from .losses import bce_dice
-from .records import atomic_output, write_text_atomic
-from .sam import load_sam
-from .segmenter import SamSegmenter, normalise
+from .store.atomic import atomic_output, write_text_atomic
+from .store.hashing import file_sha256
+from .training.losses import bce_dice
 
 VAL_SEED_OFFSET = 1_000_003  # validation corpus seed = training seed + this: disjoint streams
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from peftbench.sam import load_sam
-from peftbench.segmenter import SamSegmenter
+from peftbench.backbone.sam import load_sam
+from peftbench.backbone.segmenter import SamSegmenter
 
 
 @pytest.fixture

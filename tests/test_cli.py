@@ -11,7 +11,7 @@ import torch
 from peftbench.cli import main
 from peftbench.data import dataset_cards
 from peftbench.methods.registry import MINIATURE
-from peftbench.records import config_hash, record_path
+from peftbench.store.records import config_hash, record_path
 
 QUICK = ["--device", "cpu", "--datasets", "synth_road", "--seeds", "0", "--epochs", "1", "--methods", "lora"]
 
@@ -148,7 +148,7 @@ def test_nas_run_records_its_operation_distribution_and_draws_the_figures(tmp_pa
 
 
 def test_seeds_are_non_negative_integers_and_a_repeated_one_runs_once(tmp_path, capsys):
-    from peftbench.config import seed_list
+    from peftbench.training.config import seed_list
 
     assert seed_list("--seeds", "2,0,2,1,0") == [2, 0, 1]
     for value, message in (("-1", "each seed must be a non-negative integer, not -1"),

@@ -10,12 +10,12 @@ from dataclasses import FrozenInstanceError, fields
 import pytest
 
 from peftbench.cli import build_parser, grid_options
-from peftbench.config import RunConfig
 from peftbench.data import dataset_cards
 from peftbench.errors import UserError
+from peftbench.grid.runner import GridOptions, resolve_config
 from peftbench.methods import resolve_methods
-from peftbench.records import config_hash
-from peftbench.runner import GridOptions, resolve_config
+from peftbench.store.records import config_hash
+from peftbench.training.config import RunConfig
 
 METHODS = {m.name: m for m in resolve_methods("all") + resolve_methods("miniature")}
 CARDS = {n: c for n, c in dataset_cards().items() if c.source in ("synthetic", "prepared")}  # none needs data here

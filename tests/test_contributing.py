@@ -11,13 +11,13 @@ import torch
 from torch import nn
 
 import peftbench
-from peftbench.config import StepConfig
 from peftbench.data import build_splits, dataset_cards, resolve_dataset
 from peftbench.errors import UserError
 from peftbench.methods import Method, get_method, method_specs, resolve_methods
 from peftbench.methods.lora import LoRALinear
 from peftbench.methods.ssf import ScaleShiftLinear
-from peftbench.train import optimization_for, train_step
+from peftbench.training.config import StepConfig
+from peftbench.training.train import optimization_for, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "docs" / "examples"

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from peftbench import cpu
 from peftbench.cli import main
-from peftbench.records import record_path
+from peftbench.grid import cpu
+from peftbench.store.records import record_path
 
 
 def test_policy_per_model_size_and_overrides():
@@ -20,7 +20,7 @@ def test_policy_per_model_size_and_overrides():
 
 
 def test_cores_come_from_the_affinity_mask_and_the_cgroup_quota(tmp_path, monkeypatch):
-    code = "import os; os.sched_setaffinity(0, {0}); from peftbench.cpu import available_cores; print(available_cores())"
+    code = "import os; os.sched_setaffinity(0, {0}); from peftbench.grid.cpu import available_cores; print(available_cores())"
     one_core = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert one_core.stdout.strip() == "1"
     monkeypatch.setattr(cpu, "CGROUP", tmp_path)

@@ -163,9 +163,9 @@ def test_bad_pairs_stop_the_grid_before_training_or_are_left_out_and_recorded(tm
 def test_recording_a_checksum_or_rewording_a_card_keeps_finished_runs():
     from dataclasses import replace
 
+    from peftbench.grid.runner import GridOptions, resolve_config
     from peftbench.methods import get_method
-    from peftbench.records import config_hash
-    from peftbench.runner import GridOptions, resolve_config
+    from peftbench.store.records import config_hash
 
     card = next(c for c in dataset_cards().values() if c.source == "prepared")
     edited = replace(card, description="reworded", paper={}, sources=[{**card.sources[0], "sha256": "ab" * 32}])
@@ -176,8 +176,8 @@ def test_recording_a_checksum_or_rewording_a_card_keeps_finished_runs():
 
 
 def test_a_random_backbone_config_carries_no_weights():
+    from peftbench.grid.runner import GridOptions, resolve_config
     from peftbench.methods import get_method
-    from peftbench.runner import GridOptions, resolve_config
 
     card, opts = dataset_cards()["synth_leaf"], GridOptions(device="cpu")
     pretrained = resolve_config(get_method("decoder_only"), card, 0, opts)

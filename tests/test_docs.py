@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import peftbench
-from peftbench.metrics import METRICS
 from peftbench.params import count_method
+from peftbench.scoring.metrics import METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -234,10 +234,10 @@ def test_reference_defaults_are_the_parsers():
 
 def test_precision_auto_is_documented_as_resolved(monkeypatch):
     """--precision auto: fp32 on the CPU, on CUDA bf16 from compute capability 8.0, fp16 with loss scaling before
-    (peftbench/device.py), as docs/reference.md and docs/running.md say."""
+    (peftbench/training/device.py), as docs/reference.md and docs/running.md say."""
     import torch
 
-    from peftbench.device import resolve_precision
+    from peftbench.training.device import resolve_precision
 
     cuda = torch.device("cuda", 0)
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
@@ -255,16 +255,10 @@ def test_precision_auto_is_documented_as_resolved(monkeypatch):
 
 
 def record_layouts() -> list[dict]:
-    """The record layouts the readers check (the schema module, wherever the package layout puts it)."""
-    import importlib
+    """The record layouts the readers check (peftbench/store/schema.py)."""
+    from peftbench.store import schema
 
-    for name in ("peftbench.store.schema", "peftbench.schema"):
-        try:
-            schema = importlib.import_module(name)
-        except ModuleNotFoundError:
-            continue
-        return [schema.RECORD, schema.REPORTED, schema.LOADABLE]
-    pytest.fail("no peftbench schema module (peftbench/store/schema.py or peftbench/schema.py)")
+    return [schema.RECORD, schema.REPORTED, schema.LOADABLE]
 
 
 def test_reference_lists_every_record_field_the_readers_need():

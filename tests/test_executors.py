@@ -15,11 +15,11 @@ from rich.console import Console
 
 from peftbench.cli import main, retry_command
 from peftbench.data import dataset_cards
-from peftbench.executors import LocalExecutor, RayExecutor, SlurmExecutor, run_one
+from peftbench.grid.executors import LocalExecutor, RayExecutor, SlurmExecutor, run_one
+from peftbench.grid.runner import GridOptions, run_grid
 from peftbench.methods import method_specs
-from peftbench.records import record_path
-from peftbench.resume import claim
-from peftbench.runner import GridOptions, run_grid
+from peftbench.store.records import record_path
+from peftbench.store.resume import claim
 
 SAM = "tiny_random"  # no weights file needed
 
@@ -99,9 +99,9 @@ def crash(task, on_step=None, owner=None):
 
 
 def nan_loss(task, on_step=None, owner=None):
-    import peftbench.train
+    import peftbench.training.train
 
-    peftbench.train.training_loss = lambda *args, **kwargs: torch.tensor(float("nan"), requires_grad=True)
+    peftbench.training.train.training_loss = lambda *args, **kwargs: torch.tensor(float("nan"), requires_grad=True)
     return run_one(task, on_step, owner)
 
 
@@ -173,16 +173,16 @@ def test_the_retry_command_names_only_the_failed_runs_and_keeps_every_other_flag
 @pytest.mark.slow
 def test_the_printed_retry_command_reruns_only_the_failed_run(tmp_path, monkeypatch, capsys):
     """End to end through the CLI (in-process, where a test can break a run), then the printed command."""
-    import peftbench.executors
+    import peftbench.grid.executors
 
-    real = peftbench.executors.train_run
+    real = peftbench.grid.executors.train_run
 
     def broken_for_lora(config, *args, **kwargs):
         if config.method["name"] == "lora":
             raise RuntimeError("broken on purpose")
         return real(config, *args, **kwargs)
 
-    monkeypatch.setattr(peftbench.executors, "train_run", broken_for_lora)
+    monkeypatch.setattr(peftbench.grid.executors, "train_run", broken_for_lora)
     args = ["run", "--device", "cpu", "--datasets", "synth_leaf", "--methods", "decoder_only,lora", "--seeds", "0",
             "--epochs", "1", "--in-process", "--out", str(tmp_path)]
     assert main(args) == 1
@@ -190,7 +190,7 @@ def test_the_printed_retry_command_reruns_only_the_failed_run(tmp_path, monkeypa
     assert "synth_leaf / lora / seed 0: RuntimeError: broken on purpose" in out
     command = out.split("retry only these: ")[1].splitlines()[0]
     assert "--methods lora --seeds 0" in command and "--datasets synth_leaf" in command
-    monkeypatch.setattr(peftbench.executors, "train_run", real)
+    monkeypatch.setattr(peftbench.grid.executors, "train_run", real)
     assert main(["run", *shlex.split(command)[2:]]) == 0
     assert "1 trained, 0 skipped" in capsys.readouterr().out  # the product holds only the failed run
     assert record_path(tmp_path, "synth_leaf", "lora", 0).is_file()
@@ -220,7 +220,7 @@ def test_executor_flags_fail_in_one_line(tmp_path, args, message):
 
 
 def test_gpu_indices_follow_an_inherited_cuda_visible_devices(monkeypatch):
-    from peftbench.executors import visible_devices
+    from peftbench.grid.executors import visible_devices
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert visible_devices(["0", "1"]) == ["0", "1"]

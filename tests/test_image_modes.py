@@ -16,7 +16,7 @@ from peftbench.cli import main
 from peftbench.data import build_splits
 from peftbench.data.cards import resolve_dataset
 from peftbench.data.files import ImageRuleError, foreground, read_image, read_label
-from peftbench.records import load_record, record_paths
+from peftbench.store.records import load_record, record_paths
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (6, 7, 3), dtype=np.uint8)  # the 8-bit content every mode below stores

@@ -238,3 +238,38 @@ def test_import_time_benchmark_compares_a_revision(tmp_path):
     assert all(t > 0 for per in medians.values() for t in per.values())
     assert "peftbench-import-time-" not in subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True,
                                                           text=True, check=False).stdout
+
+
+# The layers, lowest first (docs/architecture.md): a module may import its own layer and the layers below it, never
+# one above. A top-level module not named here is a command (cli, bench, export, params, pretrain, predict).
+LAYERS = [
+    ("base", ("peftbench.errors", "peftbench.paths")),
+    ("store", ("peftbench.store",)),
+    ("scoring", ("peftbench.scoring",)),
+    ("backbone", ("peftbench.backbone",)),
+    ("data", ("peftbench.data",)),
+    ("methods", ("peftbench.methods",)),
+    ("training", ("peftbench.training",)),
+    ("report", ("peftbench.report",)),
+    ("grid", ("peftbench.grid",)),
+]
+
+
+def layer_of(module: str) -> int:
+    """The index of `module`'s layer in LAYERS; the commands above them all."""
+    for index, (_, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return index
+    return len(LAYERS)
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    graph = import_graph()
+    upward = [f"{module} -> {target}" for module, targets in sorted(graph.items()) if module != "peftbench"
+              for target in sorted(targets) if target != "peftbench" and layer_of(target) > layer_of(module)]
+    assert not upward, "imports up the layers (see docs/architecture.md): " + "; ".join(upward)
+
+
+def test_every_module_is_in_a_layer_or_a_command():
+    commands = {m for m in module_files() if layer_of(m) == len(LAYERS)} - {"peftbench"}
+    assert all(m.count(".") == 1 for m in commands), sorted(commands)  # commands are top-level modules only

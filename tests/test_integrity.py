@@ -16,7 +16,8 @@ from peftbench.cli import main
 from peftbench.data import build_splits, resolve_dataset
 from peftbench.data.validate import screen_card
 from peftbench.errors import UserError
-from peftbench.records import load_records, record_path, write_json_atomic
+from peftbench.store.atomic import write_json_atomic
+from peftbench.store.records import load_records, record_path
 
 QUICK = ["--device", "cpu", "--datasets", "synth_road", "--seeds", "0", "--methods", "decoder_only"]
 

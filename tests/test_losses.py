@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from peftbench.losses import balanced_bce, bce_dice, structure_loss
+from peftbench.training.losses import balanced_bce, bce_dice, structure_loss
 
 
 def test_bce_dice_of_a_confident_correct_prediction_is_near_zero():

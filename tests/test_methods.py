@@ -20,7 +20,8 @@ from peftbench.methods.sam_adapter import high_frequency
 from peftbench.methods.vera import VeRALinear
 from peftbench.methods.vpt import PromptedBlock
 from peftbench.params import count_method
-from peftbench.train import task_loss
+from peftbench.training.config import StepConfig
+from peftbench.training.train import task_loss
 
 METHODS = list(method_specs())
 C_H = 1280  # vit_h width
@@ -56,7 +57,7 @@ def test_every_method_trains_and_lowers_the_loss(name, dataset, tiny_segmenter):
     x, y = map(torch.stack, zip(*[data[i] for i in range(4)]))
     out = model(x)
     assert out["mask_logits"].shape == (4, 1 if card.num_classes == 1 else card.num_classes, 64, 64)
-    config = {"w_seg": 1.0, "w_cls": 1.0}
+    config = StepConfig(lr=1e-3, group_optim={}, epochs=1, precision="fp32")  # its loss weights
     opt = torch.optim.AdamW(params, lr=1e-3)
 
     def loss_now():

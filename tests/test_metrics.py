@@ -1,11 +1,11 @@
-"""Metrics on hand-computed examples and against PySODMetrics (definitions in peftbench.metrics and
+"""Metrics on hand-computed examples and against PySODMetrics (definitions in peftbench.scoring.metrics and
 docs/metrics.md)."""
 
 import numpy as np
 import pytest
 
 from peftbench.errors import UserError
-from peftbench.metrics import (
+from peftbench.scoring.metrics import (
     BINARY_ROWS,
     BINARY_SPECS,
     METRICS,

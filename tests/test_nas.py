@@ -7,12 +7,12 @@ import torch
 from torch import nn
 
 import peftbench
-from peftbench import train
 from peftbench.data import dataset_cards
+from peftbench.grid.runner import GridOptions, resolve_config
 from peftbench.methods import method_specs
 from peftbench.methods.lora import LoRALinear
 from peftbench.methods.nas_lora import OPERATIONS, NASCell
-from peftbench.runner import GridOptions, resolve_config
+from peftbench.training import train
 
 
 def nas_layer(**hparams) -> tuple[nn.Module, object]:

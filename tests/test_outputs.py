@@ -21,8 +21,9 @@ from PIL import Image
 
 from peftbench.cli import main
 from peftbench.data import resolve_dataset
-from peftbench.records import TEMPORARY_GRACE_S, record_path, remove_stale_temporaries, write_json_atomic
-from peftbench.resume import claim, save_checkpoint
+from peftbench.store.atomic import TEMPORARY_GRACE_S, remove_stale_temporaries, write_json_atomic
+from peftbench.store.records import record_path
+from peftbench.store.resume import claim, save_checkpoint
 
 RUN = ["run", "--device", "cpu", "--datasets", "synth_road", "--methods", "lora", "--epochs", "1"]
 FULL = "No space left on device"
@@ -206,7 +207,7 @@ def test_a_peft_export_is_whole_or_absent_and_readable_by_the_team(finished, tmp
 
 WRITER = """
 import sys, time
-from peftbench.records import atomic_output
+from peftbench.store.atomic import atomic_output
 with atomic_output(sys.argv[1]) as f:
     f.write("half")
     f.flush()

@@ -5,10 +5,10 @@ import dataclasses
 
 import pytest
 
-from peftbench import train
 from peftbench.data import dataset_cards
+from peftbench.grid.runner import GridOptions, resolve_config
 from peftbench.methods import method_specs
-from peftbench.runner import GridOptions, resolve_config
+from peftbench.training import train
 
 CARD = dataclasses.replace(dataset_cards()["synth_leaf"], splits={"train": 12, "val": 4, "test": 4})
 

@@ -14,12 +14,12 @@ from peftbench.cli import main
 from peftbench.data import DatasetCard, SegmentationDataset, build_splits
 from peftbench.data.files import foreground
 from peftbench.errors import UserError
-from peftbench.inference import mask_at
-from peftbench.metrics import BinaryMeter
 from peftbench.predict import predict
-from peftbench.records import load_record, record_path
 from peftbench.report.figures import predictions_figure, shown_runs
-from peftbench.runs import load_run
+from peftbench.scoring.metrics import BinaryMeter
+from peftbench.store.records import load_record, record_path
+from peftbench.training.inference import mask_at
+from peftbench.training.runs import load_run
 
 DATASETS = {"binary": "synth_leaf", "multiclass": "synth_trans"}
 SIZES = [(37, 53), (80, 64), (64, 64)]  # (H, W) of the written test images

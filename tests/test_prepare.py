@@ -27,7 +27,7 @@ from peftbench.data.layouts import trans10k_v2_index, voc_palette
 from peftbench.data.prepare import prepare, safe_extract
 from peftbench.data.validate import validate_pairs
 from peftbench.errors import UserError
-from peftbench.hashing import file_sha256
+from peftbench.store.hashing import file_sha256
 
 CARDS = dataset_cards()
 
@@ -402,9 +402,9 @@ def test_interrupted_prepare_is_redone_reusing_the_extraction(tmp_path):
 @pytest.mark.parametrize("layout, name", [("official", n) for n in sorted(fx.OFFICIAL)]
                          + [("convlora", n) for n in sorted(fx.CONVLORA)])
 def test_one_training_step_on_each_prepared_dataset(layout, name, tmp_path):
+    from peftbench.grid.runner import GridOptions, resolve_config
     from peftbench.methods import method_specs
-    from peftbench.runner import GridOptions, resolve_config
-    from peftbench.train import train_run
+    from peftbench.training.train import train_run
 
     inputs, _ = fx.build(layout, name, tmp_path / "src")
     out, _ = run_prepare(CARDS[name], inputs, tmp_path / "data")

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from peftbench import pretrain as pretrain_module
-from peftbench import sam as sam_module
+from peftbench.backbone import sam as sam_module
+from peftbench.backbone.sam import TINY_WEIGHTS, load_sam, spec_dict
+from peftbench.backbone.segmenter import SamSegmenter
 from peftbench.cli import main
 from peftbench.data.corpus import generate_corpus
 from peftbench.errors import UserError
 from peftbench.pretrain import VAL_SEED_OFFSET, PretrainConfig, corpus_tensors, foreground_iou, pretrain
-from peftbench.sam import TINY_WEIGHTS, load_sam, spec_dict
-from peftbench.segmenter import SamSegmenter
 
 SMALL = {"train_images": 48, "val_images": 8, "batch_size": 8, "warmup_steps": 1, "evaluations": 1}
 

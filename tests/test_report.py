@@ -13,7 +13,6 @@ import pytest
 
 from peftbench.cli import main
 from peftbench.methods import registry
-from peftbench.records import load_records, record_path, write_json_atomic
 from peftbench.report import (
     LAYOUTS,
     Frame,
@@ -26,7 +25,9 @@ from peftbench.report import (
     register_layout,
     write_tables,
 )
-from peftbench.stats import paired_bootstrap_p, paired_t_p
+from peftbench.scoring.stats import paired_bootstrap_p, paired_t_p
+from peftbench.store.atomic import write_json_atomic
+from peftbench.store.records import load_records, record_path
 
 IMAGES = 20
 

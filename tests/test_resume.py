@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from peftbench.cli import main
-from peftbench.records import record_path
-from peftbench.resume import _alive, claim, release
+from peftbench.store.records import record_path
+from peftbench.store.resume import _alive, claim, release
 
 ARGS = ["--device", "cpu", "--datasets", "synth_road", "--methods", "lora", "--seeds", "0"]
 
@@ -123,9 +123,9 @@ def test_a_planted_checkpoint_cannot_run_code_and_the_run_still_finishes(tmp_pat
     import torch
 
     from peftbench.data import dataset_cards
+    from peftbench.grid.runner import GridOptions, resolve_config
     from peftbench.methods import get_method
-    from peftbench.records import config_hash
-    from peftbench.runner import GridOptions, resolve_config
+    from peftbench.store.records import config_hash
 
     out, marker = tmp_path / "out", tmp_path / "code_ran"
     config = resolve_config(get_method("lora"), dataset_cards()["synth_road"], 0, GridOptions(device="cpu", epochs=1))

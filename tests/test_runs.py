@@ -14,18 +14,19 @@ import torch
 from segment_anything import sam_model_registry
 
 from peftbench import dataset_cards, load_run
+from peftbench.backbone.sam import build_sam, load_sam
+from peftbench.backbone.segmenter import SamSegmenter
 from peftbench.data import build_splits
 from peftbench.errors import UserError
 from peftbench.export import export_run
-from peftbench.hashing import file_sha256
+from peftbench.grid.runner import GridOptions, resolve_config
 from peftbench.methods import method_specs
 from peftbench.methods.base import trainable_state
-from peftbench.records import config_hash, record_path, write_json_atomic
-from peftbench.runner import GridOptions, resolve_config
-from peftbench.runs import adapter_path, save_trained_state
-from peftbench.sam import build_sam, load_sam
-from peftbench.segmenter import SamSegmenter
-from peftbench.train import evaluate
+from peftbench.store.atomic import write_json_atomic
+from peftbench.store.hashing import file_sha256
+from peftbench.store.records import config_hash, record_path
+from peftbench.training.runs import adapter_path, save_trained_state
+from peftbench.training.train import evaluate
 
 METHODS = ["lora", "dora", "vera", "nas_pc_lora"]
 CARD = "synth_leaf"
@@ -173,7 +174,7 @@ def test_sam_export_loads_strictly_into_segment_anything(tmp_path):
     record = record_path(out, card.name, "lora", 0)
     state = save_trained_state(trainable_state(model), adapter_path(out, card.name, "lora", 0), out, {})
     write_json_atomic(record, {"method": "lora", "dataset": card.name, "seed": 0, "metrics": {"test": {}},
-                               "config": config, "config_hash": config_hash(config), "adapter": state,
+                               "config": config.as_dict(), "config_hash": config_hash(config), "adapter": state,
                                "merge": {"evaluated_model": "merged"}})
     files = export_run(record, "sam", tmp_path / "sam")
     sam = sam_model_registry["vit_b"](checkpoint=str(files[0]))  # load_state_dict(strict=True)

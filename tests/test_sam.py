@@ -4,10 +4,10 @@ import pytest
 import torch
 from segment_anything import sam_model_registry
 
+from peftbench.backbone.sam import build_sam, load_sam, official_param_count
+from peftbench.backbone.segmenter import SamSegmenter
 from peftbench.errors import UserError
 from peftbench.params import count_method, params_table
-from peftbench.sam import build_sam, load_sam, official_param_count
-from peftbench.segmenter import SamSegmenter
 
 
 @pytest.mark.parametrize("name", ["vit_b", "vit_l", "vit_h"])

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from peftbench.cli import main
-from peftbench.config import StepConfig
 from peftbench.methods import method_specs
-from peftbench.records import record_path
-from peftbench.speed import checkpoint_blocks, use_sdpa
+from peftbench.store.records import record_path
+from peftbench.training.config import StepConfig
+from peftbench.training.speed import checkpoint_blocks, use_sdpa
 
 
 def attached(tiny_segmenter, name):
@@ -64,7 +64,7 @@ def test_cached_embeddings_give_the_same_decoder_only_run(tmp_path):
 
 
 def test_bf16_autocast_changes_outputs_only_within_its_precision(tiny_segmenter):
-    from peftbench.device import autocast
+    from peftbench.training.device import autocast
 
     model = attached(tiny_segmenter, "lora").eval()
     x = torch.randn(2, 3, 64, 64)
@@ -84,8 +84,8 @@ def test_precision_flag_is_recorded_and_fp16_needs_cuda(tmp_path, capsys):
 
 
 def test_optimizer_kernels_take_the_same_steps():
-    from peftbench.device import OPTIMIZER_KERNELS
-    from peftbench.train import Optimization
+    from peftbench.training.device import OPTIMIZER_KERNELS
+    from peftbench.training.train import Optimization
 
     def trained(kernel: str, steps: int = 20) -> list[torch.Tensor]:
         torch.manual_seed(0)
@@ -121,7 +121,7 @@ def test_optimizer_kernel_is_recorded(tmp_path):
 
 
 def test_auto_precision_is_bf16_where_native_fp16_on_older_gpus_fp32_on_the_cpu(monkeypatch):
-    from peftbench.device import resolve_precision
+    from peftbench.training.device import resolve_precision
 
     cuda = torch.device("cuda", 0)
     for capability, expected in (((7, 0), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")):

@@ -1,4 +1,4 @@
-"""Experiment trackers (peftbench/trackers.py), driven directly with made-up values (no training): what MLflow's
+"""Experiment trackers (peftbench/grid/trackers.py), driven directly with made-up values (no training): what MLflow's
 search and TensorBoard's event reader find afterwards, and the one-line errors of `tracker_spec` before any run."""
 
 import pickle
@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from peftbench.errors import UserError
-from peftbench.trackers import PARAM_CHARS, RunLog, TrackerSpec, flatten, log_grid_artifacts, tracker_spec
+from peftbench.grid.trackers import PARAM_CHARS, RunLog, TrackerSpec, flatten, log_grid_artifacts, tracker_spec
 
 CONFIG = {"method": {"name": "lora", "rank": 4, "targets": ["qkv", "proj"]}, "lr": 0.001, "group_optim": {},
           "note": "x" * 900, "dataset": {"name": "synth_leaf", "odd key*": 1}}

@@ -12,9 +12,10 @@ from peftbench import load_run
 from peftbench.cli import main
 from peftbench.errors import UserError
 from peftbench.export import export_run
-from peftbench.records import load_records, record_path, write_json_atomic
 from peftbench.report import build_report
-from peftbench.schema import record_problem
+from peftbench.store.atomic import write_json_atomic
+from peftbench.store.records import load_records, record_path
+from peftbench.store.schema import record_problem
 
 CARD = "synth_leaf"
 
@@ -117,7 +118,7 @@ def test_a_kept_state_is_only_read_from_the_runs_own_file_inside_the_folder(resu
     secret = tmp_path / "secret.txt"
     secret.write_text("not yours")
     record = lora_record(results)
-    from peftbench.hashing import file_sha256
+    from peftbench.store.hashing import file_sha256
 
     forged = {**record, "adapter": {**record["adapter"], "file": "../../secret.txt", "sha256": file_sha256(secret)}}
     path = plant(results, forged)

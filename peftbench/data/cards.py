@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from ..metrics import spec
-from ..names import checked_number, safe_name
 from ..paths import DATA_ROOT, DATASETS_DIR
+from ..scoring.metrics import spec
+from ..store.names import checked_number, safe_name
 from .files import read_manifest
 from .synthetic import GENERATORS
 

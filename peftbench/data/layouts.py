@@ -23,7 +23,7 @@ import pandas as pd
 from PIL import Image
 
 from ..errors import UserError
-from ..labels import IGNORE_LABEL
+from ..scoring.labels import IGNORE_LABEL
 from .cards import DatasetCard
 from .files import BINARY_THRESHOLD, IMAGE_SUFFIXES, WIDE_GRAY_MODES, foreground, open_image, read_image, wide_mask
 from .validate import Problem

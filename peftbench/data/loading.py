@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
-from ..segmenter import normalise
+from ..backbone.segmenter import normalise
 from .cards import DatasetCard
 from .files import foreground, read_image, read_label, read_manifest
 from .synthetic import generate

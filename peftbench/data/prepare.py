@@ -29,8 +29,8 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from ..errors import UserError
-from ..hashing import file_sha256
-from ..records import write_csv_atomic, write_json_atomic
+from ..store.atomic import write_csv_atomic, write_json_atomic
+from ..store.hashing import file_sha256
 from .cards import DatasetCard, is_prepared, prepared_dir
 from .layouts import LAYOUTS, Context, Splits, find_roots, merge
 from .validate import Problem, drop_images, validate_pairs

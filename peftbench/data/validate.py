@@ -27,7 +27,7 @@ from PIL import Image
 from rich.console import Console
 
 from ..errors import UserError
-from ..labels import IGNORE_LABEL
+from ..scoring.labels import IGNORE_LABEL
 from .cards import DatasetCard
 from .files import BINARY_THRESHOLD, ImageRuleError, foreground, read_image, read_label, read_manifest, reads_as_stored
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import UserError
-from ..names import checked_number, safe_name
 from ..paths import METHODS_DIR
+from ..store.names import checked_number, safe_name
 from .base import Method, MethodConfig, check_keys
 
 FAMILIES: dict[str, type[Method]] = {}

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import UserError
-from ..records import load_records
-from ..runs import Trust
+from ..store.records import load_records
+from ..training.runs import Trust
 from . import layouts
 from .figures import write_figures
 from .frame import Frame

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..records import SEARCH_NOTE
-from ..stats import LOWER_IS_BETTER, paired_bootstrap_p, paired_t_p
+from ..scoring.stats import LOWER_IS_BETTER, paired_bootstrap_p, paired_t_p
 from .cells import Cell, Group, Row, Table
 from .frame import PARAMS, TIMING, Frame, base_name, params_cells
+from .search import SEARCH_NOTE
 
 MAIN_REFERENCE_TABLES = ("Table 1", "Table 2", "Table 3", "Table 5")
 FOOTNOTE = ("Mean ± std (ddof=1) over seeds; bold best, {second} second best per column (BER, MAE, mBER, min/epoch, "

@@ -19,13 +19,14 @@ from PIL import Image
 
 from ..data import DatasetCard, build_splits
 from ..data.files import foreground
-from ..device import resolve_device
 from ..errors import UserError
-from ..inference import decode, predict_masks
 from ..paths import DATA_ROOT
-from ..records import atomic_output, record_path, write_csv_atomic
-from ..runs import Trust, load_run
-from ..schema import record_problem
+from ..store.atomic import atomic_output, write_csv_atomic
+from ..store.records import record_path
+from ..store.schema import record_problem
+from ..training.device import resolve_device
+from ..training.inference import decode, predict_masks
+from ..training.runs import Trust, load_run
 from .colours import class_colours
 
 PREDICTION_IMAGES = 3  # test images per dataset in the predicted-masks figure

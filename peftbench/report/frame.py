@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..records import set_label, unsearched
+from .search import unsearched
 
 # The timing columns of every table: record key -> title (tables/timing shows the titles, Table 5 the keys).
 TIMING = {
@@ -114,7 +114,7 @@ def base_name(label: str) -> str:
 class Frame:
     """What every layout builder reads: the records (as records.load_records returns them), their long_frame `df`,
     per_image values, method_infos, the (method, dataset) -> (k, n) seeds whose search did not engage
-    (records.unsearched), the seeds asked (all seeds any record has), metric_definitions, and the paper's published
+    (search.unsearched), the seeds asked (all seeds any record has), metric_definitions, and the paper's published
     numbers (reference/paper_results.csv as strings) when `--reference` asked for them, else None."""
 
     records: list[dict]
@@ -141,3 +141,8 @@ class Frame:
     def main_methods(self) -> list[str]:
         """The methods of the main comparison (no ablation variant), in row order."""
         return [m for m, info in self.infos.items() if not info["ablation"]]
+
+
+def set_label(dataset: str, test: str) -> str:
+    """How tables name a test set: the dataset, or dataset/test when a card has several (e.g. polyp/kvasir)."""
+    return dataset if test == "test" else f"{dataset}/{test}"

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..records import SEARCH_MARK, SEARCH_NOTE, unsearched
 from .cells import Cell, Group, Row, Table
 from .compare import comparison
 from .frame import PARAMS, RUN_SETTING, TIMING, Frame, base_name, baselines, params_cells
 from .miniature import MINIATURE_NOTE, control_pair, miniature_table
+from .search import SEARCH_MARK, SEARCH_NOTE, unsearched
 
 Builder = Callable[[Frame], list[Table]]
 

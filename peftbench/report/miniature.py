@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..stats import LOWER_IS_BETTER, paired_t_p
+from ..scoring.stats import LOWER_IS_BETTER, paired_t_p
 from .frame import base_name, baselines, method_infos
 
 MINIATURE_NOTE = (

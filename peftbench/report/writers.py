@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..records import SEARCH_MARK, write_csv_atomic, write_text_atomic
+from ..store.atomic import write_csv_atomic, write_text_atomic
 from .cells import Cell, Table
+from .search import SEARCH_MARK
 
 LATEX_SPECIALS = {**{c: "\\" + c for c in "&%$#_{}"}, "\\": r"\textbackslash{}", "~": r"\textasciitilde{}",
                   "^": r"\textasciicircum{}"}

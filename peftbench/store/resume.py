@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .records import atomic_output
+from .atomic import atomic_output
 
 STALE_AFTER_S = 6 * 3600
 # A lock is written the instant it is created: one still unreadable after this long never will be (its writer was

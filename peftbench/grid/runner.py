@@ -14,27 +14,21 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .config import GridOptions, RunConfig
-from .data import DatasetCard
-from .data.loading import AUGMENTATION
-from .device import resolve_device, resolve_precision
-from .errors import UserError
+from ..backbone.sam import spec_dict
+from ..data import DatasetCard
+from ..data.loading import AUGMENTATION
+from ..errors import UserError
+from ..methods import MethodSpec
+from ..report import build_report
+from ..store.atomic import remove_stale_temporaries
+from ..store.environment import environment
+from ..store.hashing import cached_file_sha256
+from ..store.names import safe_name, safe_seeds
+from ..store.records import config_differences, config_hash, is_complete, load_record, record_path
+from ..training.config import GridOptions, RunConfig
+from ..training.device import resolve_device, resolve_precision
+from ..training.runs import adapter_path
 from .executors import Executor, LocalExecutor, RunTask
-from .hashing import cached_file_sha256
-from .methods import MethodSpec
-from .names import safe_name, safe_seeds
-from .records import (
-    config_differences,
-    config_hash,
-    environment,
-    is_complete,
-    load_record,
-    record_path,
-    remove_stale_temporaries,
-)
-from .report import build_report
-from .runs import adapter_path
-from .sam import spec_dict
 
 if TYPE_CHECKING:
     from .trackers import TrackerSpec

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .labels import IGNORE_LABEL
-from .segmenter import SamSegmenter
+from ..backbone.segmenter import SamSegmenter
+from ..scoring.labels import IGNORE_LABEL
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:

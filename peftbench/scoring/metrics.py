@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from .errors import UserError
+from ..errors import UserError
 from .labels import IGNORE_LABEL
 
 EPS = np.spacing(1)  # MATLAB eps, as PySODMetrics

@@ -41,23 +41,16 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from .config import RunConfig
-from .data import DatasetCard
-from .device import resolve_device
-from .errors import UserError
-from .methods import MethodSpec
-from .records import (
-    RECORD_SCHEMA,
-    config_hash,
-    is_complete,
-    read_record,
-    record_path,
-    write_json_atomic,
-    write_text_atomic,
-)
-from .resume import claim, release
-from .runs import adapter_path, save_trained_state
-from .train import train_run
+from ..data import DatasetCard
+from ..errors import UserError
+from ..methods import MethodSpec
+from ..store.atomic import write_json_atomic, write_text_atomic
+from ..store.records import RECORD_SCHEMA, config_hash, is_complete, read_record, record_path
+from ..store.resume import claim, release
+from ..training.config import RunConfig
+from ..training.device import resolve_device
+from ..training.runs import adapter_path, save_trained_state
+from ..training.train import train_run
 
 if TYPE_CHECKING:
     from .trackers import TrackerSpec
@@ -223,7 +216,7 @@ def _child(task: RunTask, send, log: str, gpu: str | None, threads: int | None, 
 def _context(start_method: str) -> multiprocessing.context.BaseContext:
     context = multiprocessing.get_context(start_method)
     if start_method == "forkserver":
-        context.set_forkserver_preload(["peftbench.executors"])  # imported once, not per run
+        context.set_forkserver_preload(["peftbench.grid.executors"])  # imported once, not per run
     return context
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import UserError
-from .names import safe_seeds
+from ..errors import UserError
+from ..store.names import safe_seeds
 
 SamName = Literal["tiny", "tiny_random", "vit_b", "vit_l", "vit_h"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
@@ -207,7 +207,7 @@ class GridOptions:
     # CPU runs: runs in parallel and torch threads per run (the CLI resolves them with cpu.cpu_policy).
     cpu_workers: int | None = field(default=None, metadata=flag(
         "--cpu-workers", "CPU runs: how many run in parallel (default: one per available core for the tiny SAM, one "
-        "for ViT-B/L/H; see peftbench/cpu.py)", positive_int))
+        "for ViT-B/L/H; see peftbench/grid/cpu.py)", positive_int))
     threads_per_run: int | None = field(default=None, metadata=flag(
         "--threads-per-run", "CPU runs: torch threads of each run (default: 1 for the tiny SAM, every available core "
         "for ViT-B/L/H)", positive_int))

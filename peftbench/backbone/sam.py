@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from .errors import UserError
-from .hashing import file_sha256
+from ..errors import UserError
+from ..store.hashing import file_sha256
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ PIXEL_MEAN, PIXEL_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)  # Sa
 # initialisation (`tiny_random`), so every method and seed adapts the same frozen backbone (the run seed only
 # affects adapters, decoder changes and data order).
 TINY_INIT_SEED = 1234
-TINY_WEIGHTS = Path(__file__).parent / "weights" / "tiny_sam.pt"  # its record: the same path with suffix .json
+TINY_WEIGHTS = Path(__file__).parent.parent / "weights" / "tiny_sam.pt"  # its record: the same path with suffix .json
 
 
 def build_sam(name: str, img_size: int | None = None) -> Sam:

@@ -17,13 +17,14 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from .errors import UserError
-from .hashing import bytes_sha256, cached_file_sha256, file_sha256
-from .methods import MethodSpec
-from .methods.registry import FAMILIES, family_class
-from .records import atomic_output, load_record
-from .sam import load_sam, random_sam
-from .segmenter import SamSegmenter
+from ..backbone.sam import load_sam, random_sam
+from ..backbone.segmenter import SamSegmenter
+from ..errors import UserError
+from ..methods import MethodSpec
+from ..methods.registry import FAMILIES, family_class
+from ..store.atomic import atomic_output
+from ..store.hashing import bytes_sha256, cached_file_sha256, file_sha256
+from ..store.records import load_record
 
 
 def adapter_path(out: Path, dataset: str, method: str, seed: int) -> Path:

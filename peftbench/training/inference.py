@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.files import ImageRuleError, read_image
-from .segmenter import SamSegmenter, at_size, normalise
+from ..backbone.segmenter import SamSegmenter, at_size, normalise
+from ..data.files import ImageRuleError, read_image
 
 # What PIL and tifffile raise on a file that is not a readable image (truncated, corrupt, another format).
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)

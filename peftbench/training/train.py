@@ -24,18 +24,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..backbone.sam import load_sam, official_param_count, random_sam
+from ..backbone.segmenter import SamSegmenter, at_size
+from ..data import DatasetCard, build_splits
+from ..data.files import foreground
+from ..methods import Method, MethodSpec
+from ..methods.base import trainable_state
+from ..scoring.metrics import BinaryMeter, MulticlassMeter, provenance, spec
+from ..store.records import config_hash
+from ..store.resume import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import RunConfig, StepConfig
-from .data import DatasetCard, build_splits
-from .data.files import foreground
 from .device import OPTIMIZER_KERNELS, autocast, resolve_device
 from .losses import balanced_bce, bce_dice, multiclass_loss, structure_loss
-from .methods import Method, MethodSpec
-from .methods.base import trainable_state
-from .metrics import BinaryMeter, MulticlassMeter, provenance, spec
-from .records import config_hash
-from .resume import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .sam import load_sam, official_param_count, random_sam
-from .segmenter import SamSegmenter, at_size
 from .speed import checkpoint_blocks, embedding_cache, use_sdpa
 
 StepCallback = Callable[[int, int, int, float, list], None]  # (epoch, step, steps_per_epoch, loss, groups stepped)

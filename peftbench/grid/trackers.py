@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 # kind -> the modules it needs. MLflow's default store here is SQLite, which mlflow-skinny serves only with
 # sqlalchemy and alembic installed (https://github.com/mlflow/mlflow/blob/master/README_SKINNY.md).

@@ -11,7 +11,7 @@ import math
 import re
 from collections.abc import Iterable
 
-from .errors import UserError
+from ..errors import UserError
 
 SAFE_NAME = "a single folder name (no '/', '\\', '..', leading '.' or control characters, at most 200 characters)"
 _UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]|^\.")  # a separator, a control character, a leading dot ('.', '..', hidden)

@@ -1,0 +1,1 @@
+"""SAM's architectures and checkpoints, and the prompt-free segmenter around them."""

@@ -1,0 +1,1 @@
+"""Metric definitions and meters, and the paired statistics of the report."""
