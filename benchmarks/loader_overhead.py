@@ -83,8 +83,8 @@ def measure(card, spec, args) -> dict:
     seed_everything(0)
     model, method = build_model(config, card, spec)
     model.to(device).train()
-    keyed, _ = embedding_cache(model, config.cache_embeddings)
-    cached = keyed("train")
+    cache_for, _ = embedding_cache(model, config.cache_embeddings)
+    cached = cache_for("train")
     data = build_splits(card, model.img_size, keys=True)["train"]
     workers = config.num_workers
     loader = data.loader(config.batch_size, shuffle=True, generator=torch.Generator().manual_seed(0),
@@ -99,7 +99,7 @@ def measure(card, spec, args) -> dict:
         run's last epoch: NAS-LoRA's search phase once its start is passed)."""
         epoch_index = min(epochs_done[0], config.epochs - 1)
         plan = method.step_plan(epoch_index, index) or [list(groups)]
-        train_step(model, method, optimization, [(x, y, keys)], plan, card, config, device, keyed=cached)
+        train_step(model, method, optimization, [(x, y, keys)], plan, card, config, device, embedding_context=cached)
 
     def sync() -> float:
         if device.type == "cuda":

@@ -109,23 +109,23 @@ class Subject:
         every = [list(self.groups)]
         self.plans = {"train": self.method.step_plan(0, 0) or every, "search": self.method.step_plan(29, 0) or every}
         self.plans["arch"] = [active for active in self.plans["search"] if "weights" not in active]
-        self.embedding_cache = None  # (keyed, release) of speed.embedding_cache once a cached step ran
+        self.embedding_cache = None  # (cache_for, release) of speed.embedding_cache once a cached step ran
 
     def weight_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in [*self.model.parameters(), *self.model.buffers()])
 
-    def train_step(self, plan: list[list[str]], keyed=None) -> None:
+    def train_step(self, plan: list[list[str]], embedding_context=None) -> None:
         """The trainer's step (train.train_step) on the subject's batch."""
         keys = torch.arange(len(self.x))
         train_step(self.model, self.method, self.optimization, [(self.x, self.y, keys)], plan, BINARY, self.config,
-                   self.device, keyed=keyed, read_losses=False)
+                   self.device, embedding_context=embedding_context, read_losses=False)
 
     def cached_train_step(self) -> None:
         """A training step with the image embeddings already cached (the encoder is frozen), as the trainer's."""
         if self.embedding_cache is None:
             self.embedding_cache = embedding_cache(self.model)
-        keyed, _ = self.embedding_cache
-        self.train_step(self.plans["train"], keyed("bench"))
+        cache_for, _ = self.embedding_cache
+        self.train_step(self.plans["train"], cache_for("bench"))
 
     def release_embedding_cache(self) -> None:
         """Back to the real encoder (inference times it)."""

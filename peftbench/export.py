@@ -32,7 +32,7 @@ from .methods.dora import DoRA, DoRALinear
 from .methods.lora import LoRA, LoRALinear
 from .methods.vera import VeRA, VeRALinear
 from .store.atomic import atomic_output, file_mode, locked_temporary, write_json_atomic, write_text_atomic, writing
-from .training.runs import Trust, base_sam, check_plugin, load_run, method_of, read_run, trained_state_file
+from .training.runs import Trust, base_sam, check_plugin, load_run, method_of, run_record, trained_state_file
 
 FORMATS = ("state", "peft", "sam")
 DECODER_NOTE = """\
@@ -63,7 +63,7 @@ def export_run(record_file: str | Path, fmt: str, out: Path, checkpoint: str | P
                trust_plugins: Trust = ()) -> list[Path]:
     """Write run `record_file` in format `fmt` into the folder `out`; returns the files written. `checkpoint`: where
     the run's SAM checkpoint is now, if it moved. `trust_plugins`: see runs.check_plugin."""
-    record = read_run(record_file)
+    record = run_record(record_file)
     check_plugin(record["config"]["method"]["family"], str(record_file), trust_plugins)  # once trusted, imported
     supported = supported_formats(record)
     if fmt not in supported:

@@ -24,7 +24,7 @@ from .report.colours import overlay_image
 from .store.atomic import atomic_output
 from .training.device import resolve_device
 from .training.inference import decode, predict_masks
-from .training.runs import Trust, check_plugin, load_run, read_run
+from .training.runs import Trust, check_plugin, load_run, run_record
 
 
 def image_paths(images: Sequence[str | Path]) -> list[Path]:
@@ -113,7 +113,7 @@ def predict(record_file: str | Path, images: Sequence[str | Path], out: Path, de
     if batch_size < 1:
         raise UserError(f"batch size {batch_size}: must be at least 1")
     target = resolve_device(device)
-    record = read_run(record_file)
+    record = run_record(record_file)
     check_plugin(record["config"]["method"]["family"], str(record_file), trust_plugins)  # before any work
     num_classes = record["config"]["dataset"].get("num_classes", 1)
     if num_classes > 255:

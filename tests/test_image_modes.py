@@ -16,7 +16,7 @@ from peftbench.cli import main
 from peftbench.data import build_splits
 from peftbench.data.cards import resolve_dataset
 from peftbench.data.files import ImageRuleError, foreground, read_image, read_label
-from peftbench.store.records import load_record, record_paths
+from peftbench.store.records import record_and_problem, record_paths
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (6, 7, 3), dtype=np.uint8)  # the 8-bit content every mode below stores
@@ -148,7 +148,7 @@ def test_a_16_bit_dataset_trains_on_the_data_of_its_8_bit_equivalent(tmp_path):
         assert all(torch.equal(x, y) for i in range(len(theirs)) for x, y in zip(ours[split][i], theirs[i]))
     for csv in (eight, sixteen):
         assert main(["run", "--datasets", csv, *RUN, "--out", str(tmp_path / "out")]) == 0
-    metrics = [load_record(path)[0]["metrics"]["test"] for path in record_paths(tmp_path / "out")]
+    metrics = [record_and_problem(path)[0]["metrics"]["test"] for path in record_paths(tmp_path / "out")]
     assert len(metrics) == 2 and metrics[0] == metrics[1]
 
 

@@ -20,10 +20,10 @@ def training_inputs(monkeypatch, method: str, workers: int = 0) -> list[list[int
     set_trainable = train.Optimization.set_trainable
 
     def spying_cache(model, enabled=True):
-        keyed, release = make_cache(model, enabled)
+        cache_for, release = make_cache(model, enabled)
 
         def spying(split):
-            context = keyed(split)
+            context = cache_for(split)
 
             def enter(keys):
                 if split == "train" and "weights" in active[0]:  # an architecture pass repeats its batch

@@ -17,7 +17,7 @@ from peftbench.errors import UserError
 from peftbench.predict import predict
 from peftbench.report.figures import predictions_figure, shown_runs
 from peftbench.scoring.metrics import BinaryMeter
-from peftbench.store.records import load_record, record_path
+from peftbench.store.records import record_and_problem, record_path
 from peftbench.training.inference import mask_at
 from peftbench.training.runs import load_run
 
@@ -39,7 +39,7 @@ def record_file(results, kind):
 
 
 def card_of(results, kind) -> DatasetCard:
-    return DatasetCard(**load_record(record_file(results, kind))[0]["config"]["dataset"])
+    return DatasetCard(**record_and_problem(record_file(results, kind))[0]["config"]["dataset"])
 
 
 def sized_images(card: DatasetCard) -> list[np.ndarray]:
@@ -103,7 +103,7 @@ def test_binary_masks_reproduce_the_recorded_test_iou(results, tmp_path):
     for i in range(len(test)):
         label = test.original_label(i)
         meter.update(np.asarray(Image.open(tmp_path / "masks" / f"{i:03d}.png")) / 255, foreground(label))
-    recorded = load_record(record_file(results, "binary"))[0]["metrics"]["test"]["iou"]
+    recorded = record_and_problem(record_file(results, "binary"))[0]["metrics"]["test"]["iou"]
     assert meter.results()["iou"] == pytest.approx(recorded, abs=1e-9)
 
 
@@ -219,7 +219,7 @@ def test_the_report_embeds_a_predicted_masks_figure_per_dataset(results):
 
 
 def test_runs_without_a_kept_state_or_test_images_here_are_left_out(results, tmp_path):
-    record = load_record(record_file(results, "binary"))[0]
+    record = record_and_problem(record_file(results, "binary"))[0]
     kept = {**record, "seed": 1, "adapter": {**record["adapter"], "file": "adapters/synth_leaf/lora/seed1.safetensors"}}
     assert shown_runs([{**record, "adapter": None}, kept]) == {"synth_leaf": {"lora": kept}}
     elsewhere = {**record, "config": {**record["config"], "dataset": {

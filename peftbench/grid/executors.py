@@ -45,7 +45,8 @@ from ..data import DatasetCard
 from ..errors import UserError
 from ..methods import MethodSpec
 from ..store.atomic import write_json_atomic, write_text_atomic
-from ..store.records import RECORD_SCHEMA, config_hash, is_complete, read_record, record_path
+from ..store.layout import run_file
+from ..store.records import RECORD_SCHEMA, config_hash, is_complete, record_path, usable_record
 from ..store.resume import claim, release
 from ..training.config import RunConfig
 from ..training.device import resolve_device
@@ -78,8 +79,8 @@ class RunTask:
         return f"{self.card.name} / {self.method.name} / seed {self.seed}"
 
     def path(self, kind: str, suffix: str) -> Path:
-        """out/<kind>/<dataset>/<method>/seed<k><suffix>: the layout every executor shares."""
-        return self.out / kind / self.card.name / self.method.name / f"seed{self.seed}{suffix}"
+        """This run's file of `kind` in the results layout (store/layout.py)."""
+        return run_file(self.out, kind, self.card.name, self.method.name, self.seed, suffix)
 
 
 def status(task: RunTask, state: str, **details) -> dict:
@@ -116,7 +117,7 @@ def run_one(task: RunTask, on_step: ProgressCallback | None = None, owner: str |
                     log.finish({}, {}, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
             raise
         trained = result.pop("trained_state")
-        if read_record(record):  # another config's record appeared meanwhile (another driver): never replace it
+        if usable_record(record):  # another config's record appeared meanwhile (another driver): never replace it
             raise RuntimeError(f"{record}: a record of another config was written while this run trained; "
                                "this run's result is not recorded")
         if task.save_adapter:  # first: the record names the file

@@ -24,7 +24,7 @@ from ..store.atomic import remove_stale_temporaries
 from ..store.environment import environment
 from ..store.hashing import cached_file_sha256
 from ..store.names import safe_name, safe_seeds
-from ..store.records import config_differences, config_hash, is_complete, load_record, record_path
+from ..store.records import config_differences, config_hash, is_complete, record_and_problem, record_path
 from ..training.config import GridOptions, RunConfig
 from ..training.device import resolve_device, resolve_precision
 from ..training.runs import adapter_path
@@ -110,7 +110,7 @@ def check_existing_records(tasks: list[RunTask], opts: GridOptions) -> None:
     """Before anything trains: an unusable record file stops the grid (it is never silently retrained over), and
     so does a finished record of another config, unless `opts.replace`: then it is moved to
     <out>/replaced/<time>/ (never deleted, its trained state with it) and its run is retrained."""
-    loaded = [(t, path, *load_record(path)) for t in tasks
+    loaded = [(t, path, *record_and_problem(path)) for t in tasks
               for path in [record_path(t.out, t.card.name, t.method.name, t.seed)]]
     unusable = [(path, why) for _, path, _, why in loaded if why]
     if unusable:

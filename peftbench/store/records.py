@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from .layout import run_file
 from .schema import record_problem
 
 # 2: a record carries `method_info` (MethodSpec.info(): group, lineage, ablation, baseline, ...) beside its config,
@@ -16,7 +17,7 @@ RECORD_SCHEMA = 2
 
 
 def record_path(out: Path, dataset: str, method: str, seed: int) -> Path:
-    return Path(out) / "runs" / dataset / method / f"seed{seed}.json"
+    return run_file(out, "runs", dataset, method, seed, ".json")
 
 
 # Settings that change how fast a run goes, not its numbers (beyond float rounding, tested): recorded in the config,
@@ -50,7 +51,7 @@ def config_differences(old: dict, new: dict, most: int = 4) -> str:
     return text + (f"; and {len(keys) - most} more" if len(keys) > most else "")
 
 
-def load_record(path: Path, loadable: bool = False) -> tuple[dict | None, str | None]:
+def record_and_problem(path: Path, loadable: bool = False) -> tuple[dict | None, str | None]:
     """(the record at `path` or None, why the file there is not a usable record or None). No file: (None, None);
     records are written atomically, so a crash never leaves half of one. A record with a missing or mistyped field
     (schema.record_problem; with `loadable`, also what load_run needs) is not usable: the reason names the field."""
@@ -68,13 +69,13 @@ def load_record(path: Path, loadable: bool = False) -> tuple[dict | None, str | 
     return (None, f"not a usable run record ({why})") if why else (record, None)
 
 
-def read_record(path: Path) -> dict | None:
-    """The record at `path`, or None if there is none or it is unusable (see load_record)."""
-    return load_record(path)[0]
+def usable_record(path: Path) -> dict | None:
+    """The record at `path`, or None if there is none or it is unusable (see record_and_problem)."""
+    return record_and_problem(path)[0]
 
 
 def is_complete(path: Path, config: dict) -> bool:
-    record = read_record(path)
+    record = usable_record(path)
     return record is not None and record.get("config_hash") == config_hash(config)
 
 
@@ -90,7 +91,7 @@ def load_records(out: Path, warn: Callable[[str], None] | None = None) -> list[d
     its method_info stays the method's, so reports read what a row is from there, never from its label."""
     records = []
     for path in record_paths(out):
-        record, why = load_record(path)
+        record, why = record_and_problem(path)
         if why and warn:
             warn(f"{path}: {why}; left out of the tables (its seed shows as missing)")
         if record is not None:

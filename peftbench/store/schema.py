@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 
+from .layout import run_file
 from .names import name_problem
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -144,7 +146,7 @@ def _files_problem(record: dict) -> str:
     name = config["method"]["name"]
     if why := name_problem(name):
         return f"config.method.name: {why}"
-    expected = f"adapters/{record['dataset']}/{name}/seed{record['seed']}.safetensors"
+    expected = run_file(Path(), "adapters", record["dataset"], name, record["seed"], ".safetensors").as_posix()
     if saved and saved["file"] != expected:
         return f"adapter.file: {saved['file']!r} is not this run's state file {expected!r}"
     return ""

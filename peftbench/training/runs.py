@@ -24,11 +24,12 @@ from ..methods import MethodSpec
 from ..methods.registry import FAMILIES, family_class
 from ..store.atomic import atomic_output
 from ..store.hashing import bytes_sha256, cached_file_sha256, file_sha256
-from ..store.records import load_record
+from ..store.layout import run_file
+from ..store.records import record_and_problem
 
 
 def adapter_path(out: Path, dataset: str, method: str, seed: int) -> Path:
-    return Path(out) / "adapters" / dataset / method / f"seed{seed}.safetensors"
+    return run_file(out, "adapters", dataset, method, seed, ".safetensors")
 
 
 def save_trained_state(state: dict[str, torch.Tensor], path: Path, out: Path, metadata: dict[str, str]) -> dict:
@@ -48,10 +49,10 @@ def results_folder(record_file: Path) -> Path:
     return Path(record_file).resolve().parents[3]
 
 
-def read_run(record_file: str | Path) -> dict:
+def run_record(record_file: str | Path) -> dict:
     """The record at `record_file`, or a one-line UserError naming it."""
     path = Path(record_file)
-    record, problem = load_record(path, loadable=True)
+    record, problem = record_and_problem(path, loadable=True)
     if problem:
         raise UserError(f"{path}: {problem}")
     if record is None:
@@ -61,7 +62,7 @@ def read_run(record_file: str | Path) -> dict:
 
 def trained_state_file(record_file: str | Path, record: dict | None = None) -> Path:
     """The file of the run's kept trained state, checked against the recorded sha256."""
-    record = record or read_run(record_file)
+    record = record or run_record(record_file)
     saved = record.get("adapter")
     if not saved:
         raise UserError(f"{record_file}: the run kept no trained state (made with --no-save-adapters or before "
@@ -139,7 +140,7 @@ def load_run(record_file: str | Path, adapter: bool = True, device: str | torch.
     modules (or True: any) that a record's method may import (see check_plugin); the registered families need none.
     """
     where = str(record_file)
-    record = read_run(record_file)
+    record = run_record(record_file)
     spec = method_of(record, where, trust_plugins)
     model = SamSegmenter(base_sam(record, where, checkpoint), record["config"]["dataset"].get("num_classes", 1))
     if adapter:

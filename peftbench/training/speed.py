@@ -36,7 +36,7 @@ class CachedEncoder(nn.Module):
         self.keys: list[tuple] | None = None
 
     @contextmanager
-    def keyed(self, keys: list[tuple]):
+    def reusing(self, keys: list[tuple]):
         self.keys = keys
         try:
             yield
@@ -60,24 +60,24 @@ def encoder_is_frozen(model: nn.Module) -> bool:
 
 
 def embedding_cache(model: nn.Module, enabled: bool = True):
-    """Cache `model`'s image embeddings when its encoder is frozen. Returns `keyed(split)`: for a batch's input keys
+    """Cache `model`'s image embeddings when its encoder is frozen. Returns `cache_for(split)`: for a batch's input keys
     (see SegmentationDataset), the context under which the model reuses stored embeddings (a no-op without cache),
     and `release()`, which puts the real encoder back (inference must time it)."""
     cache = None
     if enabled and encoder_is_frozen(model):
         cache = model.image_encoder = CachedEncoder(model.image_encoder)
 
-    def keyed(split: str):
+    def cache_for(split: str):
         def context(keys):
             if cache is None or keys is None:
                 return nullcontext()
-            return cache.keyed([(split, int(k)) for k in keys])
+            return cache.reusing([(split, int(k)) for k in keys])
         return context
 
     def release() -> None:
         if cache is not None:
             model.image_encoder = cache.encoder
-    return keyed, release
+    return cache_for, release
 
 
 def _sdpa_forward(self: Attention, x: torch.Tensor) -> torch.Tensor:

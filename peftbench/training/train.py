@@ -185,13 +185,13 @@ class StepPass:
 
 def train_step(model: SamSegmenter, method: Method, optimization: Optimization, batch: list[tuple],
                plan: list[list[str]], card: DatasetCard, config: StepConfig, device: torch.device,
-               step: int = 0, total_steps: int = 1, keyed: Callable | None = None,
+               step: int = 0, total_steps: int = 1, embedding_context: Callable | None = None,
                on_pass: Callable[[StepPass], None] | None = None, read_losses: bool = True) -> list[StepPass]:
     """The training step, the same for the trainer, `peftbench bench` and the loader benchmark.
 
     `batch`: the micro-batches (x, y, keys) of one optimizer step, gradients accumulated over them; `plan`: the
     optimizer steps taken on it, each the groups it updates (every step of a plan sees the same images); `step`:
-    the batch's index over the run, of `total_steps` (for `Method.after_backward`); `keyed(keys)`: the
+    the batch's index over the run, of `total_steps` (for `Method.after_backward`); `embedding_context(keys)`: the
     embedding-cache context of a micro-batch (speed.CachedEncoder), or None; `on_pass(p)`: called after each
     optimizer step. The losses are read once per optimizer step, before it: a NaN or infinite one raises
     FloatingPointError and nothing is updated (training on would produce garbage). `read_losses=False` leaves them
@@ -203,7 +203,7 @@ def train_step(model: SamSegmenter, method: Method, optimization: Optimization, 
         start, losses, images = time.perf_counter(), [], 0
         for x, y, keys in batch:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with keyed(keys) if keyed else nullcontext():
+            with embedding_context(keys) if embedding_context else nullcontext():
                 loss = training_loss(model, method, x, y, card, config, device)
             optimization.backward(loss / len(batch))
             losses.append(loss.detach().float())
@@ -256,10 +256,10 @@ def _score(meter: BinaryMeter | MulticlassMeter, probs: torch.Tensor, label: np.
 
 @torch.no_grad()
 def evaluate(model: SamSegmenter, loader: DataLoader, card: DatasetCard, device: torch.device,
-             precision: str = "fp32", keyed: Callable = lambda keys: nullcontext(),
+             precision: str = "fp32", embedding_context: Callable = lambda keys: nullcontext(),
              resolution: str = "original", names: list[str] | None = None) -> tuple[dict, dict, float]:
     """Returns (every metric of the card, per-image rows, images per second). Loaders yield (x, y, keys) with
-    key = 2 * index + flipped (see SegmentationDataset); `keyed(keys)`: the embedding-cache context for a batch
+    key = 2 * index + flipped (see SegmentationDataset); `embedding_context(keys)`: the embedding-cache context for a batch
     (see speed.CachedEncoder). Only the forward pass is timed. Scoring happens at each label's original size, or
     with `resolution="input"` against the nearest-resized label the model trains on (the Conv-LoRA harness)."""
     model.eval()
@@ -269,7 +269,7 @@ def evaluate(model: SamSegmenter, loader: DataLoader, card: DatasetCard, device:
     for x, y, keys in loader:
         x = x.to(device, non_blocking=True)
         start = time.perf_counter()
-        with autocast(device, precision), keyed(keys):
+        with autocast(device, precision), embedding_context(keys):
             probs = model.probabilities(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -456,7 +456,7 @@ def train_run(config: RunConfig, card: DatasetCard, method_spec: MethodSpec, on_
         use_sdpa(model)
     if config.checkpointing:
         checkpoint_blocks(model)
-    keyed, release_cache = embedding_cache(model, config.cache_embeddings)  # decoder-only: embed each input once
+    cache_for, release_cache = embedding_cache(model, config.cache_embeddings)  # decoder-only: embed each input once
     splits, train_loader, eval_loaders, loader_gen = _loaders(card, config, model.img_size, device)
 
     # Gradient accumulation: micro-batches of `micro_batch_size` images, one optimizer step per `batch_size` images
@@ -487,11 +487,11 @@ def train_run(config: RunConfig, card: DatasetCard, method_spec: MethodSpec, on_
             try:
                 train_step(model, method, optimization, batch, method.step_plan(epoch, step) or [list(groups)], card,
                            config, device, epoch * steps_per_epoch + step, steps_per_epoch * config.epochs,
-                           keyed("train"), done)
+                           cache_for("train"), done)
             except FloatingPointError as err:
                 raise FloatingPointError(f"{err} at epoch {epoch + 1}, step {step + 1} ({method_spec.name} on "
                                          f"{card.name}, seed {config.seed})") from None
-        val_metrics, _, _ = evaluate(model, eval_loaders["val"], card, device, config.precision, keyed("val"),
+        val_metrics, _, _ = evaluate(model, eval_loaders["val"], card, device, config.precision, cache_for("val"),
                                      config.eval_resolution, names=[card.select_metric])
         losses = [loss for p in passes for loss in p.losses]
         state.history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val": val_metrics,
