@@ -6,6 +6,7 @@ import shutil
 import sys
 
 import pytest
+import torch
 from PIL import Image
 
 from peftbench import load_run
@@ -23,9 +24,10 @@ CARD = "synth_leaf"
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
     """One finished LoRA run and one decoder-only run (1 epoch, tiny SAM), trained once for the module."""
-    out = tmp_path_factory.mktemp("grid") / "results"
+    out, threads = tmp_path_factory.mktemp("grid") / "results", torch.get_num_threads()
     assert main(["run", "--methods", "lora,decoder_only", "--datasets", CARD, "--seeds", "0", "--epochs", "1",
                  "--out", str(out), "--in-process"]) == 0
+    torch.set_num_threads(threads)  # --in-process set this process's torch threads (the CPU policy's)
     return out
 
 
