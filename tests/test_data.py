@@ -124,6 +124,7 @@ def test_dataset_state_reports_missing_and_prepared(tmp_path):
 @pytest.mark.parametrize("field, value, message", [("loss", "l2", "loss must be one of"),
                                                    ("select_metric", "nope", "select_metric 'nope'"),
                                                    ("kind", "regression", "kind must be"),
+                                                   ("source", "synthtic", "source must be one of synthetic"),
                                                    ("metrics", "sm", "unknown binary metric 'sm'"),
                                                    ("generator", "blobs", "generator 'blobs' is not one of")])
 def test_card_errors_name_the_file_and_field(tmp_path, field, value, message):

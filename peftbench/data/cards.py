@@ -11,6 +11,7 @@ import json
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 from ..errors import UserError
 from ..paths import DATA_ROOT, DATASETS_DIR
@@ -24,6 +25,10 @@ MULTICLASS_METRICS = ["acc", "miou"]
 LOSSES = ("bce_dice", "structure_loss", "balanced_bce")  # binary losses; multi-class always uses multiclass_loss
 
 
+Kind = Literal["binary", "multiclass"]
+Source = Literal["synthetic", "prepared", "files"]
+
+
 @dataclass
 class DatasetCard:
     """One benchmark. `metrics` are the paper's table columns for it; `extra_metrics` are recorded too (other tables).
@@ -33,8 +38,8 @@ class DatasetCard:
     """
 
     name: str
-    kind: str  # "binary" or "multiclass"
-    source: str
+    kind: Kind
+    source: Source
     description: str = ""
     analogue_of: str = ""  # synthetic only: the real card it stands in for
     num_classes: int = 1
@@ -98,6 +103,8 @@ def _card_from_toml(path: Path) -> DatasetCard:
         raise UserError(f"{path}: {err}") from None
     if card.kind not in ("binary", "multiclass"):
         raise UserError(f"{path}: kind must be 'binary' or 'multiclass', not {card.kind!r}")
+    if card.source not in get_args(Source):
+        raise UserError(f"{path}: source must be one of {', '.join(get_args(Source))}, not {card.source!r}")
     if card.loss not in LOSSES:
         raise UserError(f"{path}: loss must be one of {', '.join(LOSSES)}, not {card.loss!r}")
     if card.classes and len(card.classes) != card.num_classes:

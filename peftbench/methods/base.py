@@ -29,6 +29,7 @@ import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -97,6 +98,9 @@ def _typed(value, hint, where: str):
     raise UserError(f"{where}: expected {name or str(hint).replace('typing.', '')}, got {value!r}")
 
 
+MergeKind = Literal["exact", "approximate", "none"]
+
+
 class Method:
     """Base class of a PEFT method. Subclasses set `family` and `config_class` and implement `attach`."""
 
@@ -105,7 +109,7 @@ class Method:
     # "exact": merge() leaves the plain SAM architecture with outputs equal up to float rounding;
     # "approximate": merge() folds what folds exactly and approximates the rest (the harness measures the gap);
     # "none": the adapter must run at inference (prompts, adapters, input-dependent experts).
-    merge_kind: str = "none"
+    merge_kind: MergeKind = "none"
     # How reports group it: "PEFT", or "Non-PEFT" (full fine-tuning); `lineage` "lora" marks the LoRA family
     # (adapters of the form W + B g(A x)); the report reads both from the run record, never from this class.
     group: str = "PEFT"

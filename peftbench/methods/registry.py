@@ -16,6 +16,7 @@ import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 from torch import nn
 
@@ -25,7 +26,8 @@ from ..store.names import checked_number, safe_name
 from .base import Method, MethodConfig, check_keys
 
 FAMILIES: dict[str, type[Method]] = {}
-BACKBONES = ("pretrained", "random")
+Backbone = Literal["pretrained", "random"]
+BACKBONES: tuple[Backbone, ...] = get_args(Backbone)
 # Every key a method file may hold; [train] and [train.group_optim.<group>] and [paper] are checked too.
 FILE_KEYS = ("family", "description", "hparams", "train", "paper", "ablation", "baseline", "backbone", "control", "base")
 TRAIN_KEYS = ("lr", "epochs", "group_optim")
@@ -85,7 +87,7 @@ class MethodSpec:
     paper: dict = field(default_factory=dict)  # what the NAS-LoRA paper reports: params_m (vit_h), params_note
     ablation: str = ""  # the paper table this variant belongs to; empty for a main method
     baseline: str = ""  # the method this one is compared with (a variant's base; NAS-LoRA's LoRA)
-    backbone: str = "pretrained"  # or "random": the same SAM architecture at a fixed random initialisation
+    backbone: Backbone = "pretrained"  # or "random": the same SAM architecture at a fixed random initialisation
     control: bool = False  # an experiment's control, not a method of the paper: left out of --methods all
     source: str = ""  # the TOML file
 
