@@ -134,15 +134,19 @@ def throughput_figure(records: list[dict], stem: Path) -> list[Path]:
     return _save(fig, stem)
 
 
-def shown_runs(records: list[dict]) -> dict[str, dict[str, dict]]:
+def shown_runs(records: list[dict], warn: Callable[[str], None] = print) -> dict[str, dict[str, dict]]:
     """dataset -> method -> the record whose predictions are shown: its lowest seed among those that kept their
-    trained state (records without one are left out). Runs on the official architectures only with a GPU here: on
-    a CPU a vit_h forward at 1024 px takes about a minute, too long for every report rebuild."""
+    trained state (records without one are left out; one kept but not loadable is named to `warn`, never silently
+    dropped). Runs on the official architectures only with a GPU here: on a CPU a vit_h forward at 1024 px takes
+    about a minute, too long for every report rebuild."""
     shown: dict[str, dict[str, dict]] = {}
     cheap = torch.cuda.is_available()
     for r in sorted(records, key=lambda r: r["seed"]):
-        loadable = r.get("adapter") and not record_problem(r, loadable=True)
-        if loadable and (cheap or r["config"]["sam"] in ("tiny", "tiny_random")):
+        if not r.get("adapter"):
+            continue
+        if why := record_problem(r, loadable=True):
+            warn(f"predictions_{r['dataset']}: {r['method']} seed {r['seed']} not loadable ({why})")
+        elif cheap or r["config"]["sam"] in ("tiny", "tiny_random"):
             shown.setdefault(r["dataset"], {}).setdefault(r["method"], r)
     return shown
 
@@ -247,10 +251,7 @@ def write_figures(records: list[dict], out: Path, warn: Callable[[str], None] = 
         written.append(figures / "operations.csv")
         for dataset in operations["dataset"].unique():
             written += operations_figure(operations, dataset, figures / f"operations_{dataset}")
-    for r in records:  # a kept state the figure cannot load is named, never silently dropped
-        if r.get("adapter") and (why := record_problem(r, loadable=True)):
-            warn(f"predictions_{r['dataset']}: {r['method']} seed {r['seed']} not loadable ({why})")
-    for dataset, runs in shown_runs(records).items():
+    for dataset, runs in shown_runs(records, warn).items():
         written += predictions_figure(runs, out, dataset, figures / f"predictions_{dataset}", warn, trust_plugins,
                                       dataset_roots)
     return written

@@ -92,7 +92,8 @@ REPORTED = {  # what the tables and figures read besides
 LOADABLE = {  # what `load_run` (and so export and predict) reads besides
     "config": {"sam": _text, "checkpoint?": _optional_text, "checkpoint_sha256?": _optional_text,
                "dataset": {"num_classes?": _count},
-               "method": {"name": _text, "family": _text, "hparams": ("each", lambda v: ""),
+               # name: as the run filed its files (reports may label record["method"] by config)
+               "method": {"name": name_problem, "family": _text, "hparams": ("each", lambda v: ""),
                           "train?": ("each", lambda v: "")}}}
 
 
@@ -142,11 +143,8 @@ def _files_problem(record: dict) -> str:
     if config.get("checkpoint") and not config.get("checkpoint_sha256"):
         return "config.checkpoint_sha256: missing (the record names a checkpoint file without its sha256)"
     saved = record.get("adapter")
-    # config.method.name: the method's name as the run filed it (reports may label record["method"] by config)
-    name = config["method"]["name"]
-    if why := name_problem(name):
-        return f"config.method.name: {why}"
-    expected = run_file(Path(), "adapters", record["dataset"], name, record["seed"], ".safetensors").as_posix()
+    expected = run_file(Path(), "adapters", record["dataset"], config["method"]["name"], record["seed"],
+                        ".safetensors").as_posix()
     if saved and saved["file"] != expected:
         return f"adapter.file: {saved['file']!r} is not this run's state file {expected!r}"
     return ""

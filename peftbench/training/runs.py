@@ -67,9 +67,9 @@ def trained_state_file(record_file: str | Path, record: dict | None = None) -> P
     if not saved:
         raise UserError(f"{record_file}: the run kept no trained state (made with --no-save-adapters or before "
                         "peftbench kept them); retrain it to load it")
-    folder = results_folder(record_file)
+    folder = results_folder(record_file)  # resolved
     path = folder / saved["file"]  # the layout's own file (schema: adapter.file), unless a link leads elsewhere
-    if path.resolve() != folder.resolve() / saved["file"]:
+    if path.resolve() != path:
         raise UserError(f"{path}: a link out of the results folder {folder}; peftbench reads no trained state there")
     if not path.is_file():
         raise UserError(f"{path}: the trained state of {record_file} is missing")
